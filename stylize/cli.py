@@ -1,0 +1,210 @@
+"""The `stylize` command. Options take their defaults from settings.py; torch loads only inside a
+command, so `stylize --help` starts fast. Every StylizeError becomes one line on stderr, exit 1."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import StylizeError
+from .settings import DEVICES, LOSS_NETS, NORMS, STYLE_LOSSES, ApplyConfig, TrainConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fast neural style transfer: train style networks and apply them to photos.")
+T, A = TrainConfig(), ApplyConfig()
+
+
+def fail(message: str, code: int = 1):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def clean_errors(command):
+    """Turn user errors into one line and a non-zero exit, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except StylizeError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except MemoryError:
+            fail("out of memory; try --max-size or a smaller image")
+        except RuntimeError as e:
+            if "out of memory" in str(e).lower():
+                fail("out of memory on the device; try --max-size, --device cpu, or a smaller image")
+            raise
+
+    return run
+
+
+def _choice(value: str, choices, flag: str) -> str:
+    if value not in choices:
+        raise StylizeError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
+@app.command()
+@clean_errors
+def train(
+    style: List[str] = typer.Option(..., "--style", "-s", help="Style image (repeat, or a folder, for several styles)."),
+    content: Optional[Path] = typer.Option(T.content, help="Folder of training photos [default: $STYLIZE_CONTENT or ~/.stylize/content]."),
+    out: Path = typer.Option(T.out, "--out", "-o", help="Model file to write; run files go to <out>_run/."),
+    norm: str = typer.Option(T.norm, help=f"Normalization: {', '.join(NORMS)}."),
+    width: int = typer.Option(T.width, help="Channels of the first layer (32 as in Johnson et al.; 16 is faster)."),
+    strength: bool = typer.Option(T.strength, help="Train for every style strength (enables apply --style-weight)."),
+    iterations: int = typer.Option(T.iterations, min=1),
+    batch_size: int = typer.Option(T.batch_size, min=1),
+    image_size: int = typer.Option(T.image_size, min=16, help="Side of the square training crops."),
+    style_size: int = typer.Option(T.style_size, min=16, help="Longest side of the style image for its statistics."),
+    content_weight: float = typer.Option(T.content_weight, min=0),
+    style_weight: float = typer.Option(T.style_weight, min=0, help="Weight of the style loss."),
+    tv_weight: float = typer.Option(T.tv_weight, min=0, help="Weight of the total-variation loss."),
+    pixel_weight: float = typer.Option(T.pixel_weight, min=0, help="Pull of low-strength outputs toward the photo."),
+    lr: float = typer.Option(T.lr, min=0),
+    loss_net: str = typer.Option(T.loss_net, help=f"Perceptual network: {', '.join(LOSS_NETS)} (random works offline)."),
+    vgg_weights: Optional[Path] = typer.Option(T.vgg_weights, help="torchvision VGG state-dict file, for offline machines."),
+    style_loss: str = typer.Option(T.style_loss, help=f"Style statistic: {', '.join(STYLE_LOSSES)}."),
+    device: str = typer.Option(T.device, help=f"{', '.join(DEVICES)}."),
+    seed: int = typer.Option(T.seed),
+    checkpoint_every: int = typer.Option(T.checkpoint_every, min=0, help="Iterations between checkpoints (0: only at the end)."),
+    sample_every: int = typer.Option(T.sample_every, min=1, help="Iterations between sample grids."),
+    workers: int = typer.Option(T.workers, help="Data loader processes (-1: 4 on CUDA, 0 on CPU)."),
+    resume: Optional[Path] = typer.Option(None, help="Checkpoint to continue (its settings are used; --iterations may extend it)."),
+):
+    """Train a style network on photos with a perceptual loss."""
+    _choice(norm, NORMS, "--norm")
+    _choice(loss_net, LOSS_NETS, "--loss-net")
+    _choice(style_loss, STYLE_LOSSES, "--style-loss")
+    _choice(device, DEVICES, "--device")
+    from tqdm import tqdm
+
+    from .training import Interrupted, train as run
+
+    cfg = TrainConfig(style=[str(s) for s in style], content=str(content) if content else None, out=str(out),
+                      norm=norm, width=width, strength=strength, iterations=iterations, batch_size=batch_size,
+                      image_size=image_size, style_size=style_size, content_weight=content_weight,
+                      style_weight=style_weight, tv_weight=tv_weight, pixel_weight=pixel_weight, lr=lr,
+                      loss_net=loss_net, vgg_weights=str(vgg_weights) if vgg_weights else None,
+                      style_loss=style_loss, device=device, seed=seed, checkpoint_every=checkpoint_every,
+                      sample_every=sample_every, workers=workers)
+    bar = None
+
+    def progress(p):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.iterations, initial=p.iteration - 1, unit="it", dynamic_ncols=True)
+        if p.event == "step":
+            bar.update(1)
+            shown = {k: f"{p.losses[k]:.3g}" for k in ("total", "content", "style", "tv")}
+            if p.skipped:
+                shown["skipped"] = p.skipped
+            bar.set_postfix(shown, refresh=False)
+        else:
+            bar.write(f"{p.event} {p.path}")
+
+    try:
+        path = run(cfg, progress, resume=resume)
+    except Interrupted as e:
+        if bar:
+            bar.close()
+        fail(f"{e}; continue with: stylize train --style {style[0]} --resume {e.checkpoint}", 130)
+    if bar:
+        bar.close()
+    typer.echo(f"wrote {path} (run files in {Path(path).with_name(Path(path).stem + '_run')})")
+
+
+@app.command()
+@clean_errors
+def apply(
+    inputs: List[str] = typer.Argument(..., help="Photos, folders (recursive) or globs."),
+    model: str = typer.Option(A.model, "--model", "-m", help="Model name (see `stylize models`) or file."),
+    style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="Style of the model by name or index; NAME=W mixes."),
+    style_weight: float = typer.Option(A.style_weight, help="Style strength in [0, 1]; 0 gives back the photo."),
+    mask: Optional[Path] = typer.Option(None, help="Greyscale mask: white gets the first --style, black the second."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (one input only)."),
+    out_dir: Path = typer.Option(A.out_dir, help="Output folder for several inputs; keeps sub-folders."),
+    max_size: Optional[int] = typer.Option(A.max_size, min=16, help="Downscale inputs whose longest side is larger."),
+    quality: int = typer.Option(A.quality, min=1, max=100, help="JPEG/WebP quality."),
+    skip_existing: bool = typer.Option(False, help="Skip inputs whose output already exists."),
+    device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
+):
+    """Stylize photos with a trained model."""
+    _choice(device, DEVICES, "--device")
+    if not 0.0 <= style_weight <= 1.0:
+        raise StylizeError(f"--style-weight {style_weight}: must be between 0 and 1")
+    from tqdm import tqdm
+
+    from .inference import Stylizer, apply_files, expand_inputs
+
+    stylizer = Stylizer(model, device)
+    total = len(expand_inputs(inputs))
+    with tqdm(total=total, unit="img", disable=total < 2, dynamic_ncols=True) as bar:
+        report = apply_files(stylizer, inputs, out, out_dir, style, style_weight, str(mask) if mask else None,
+                             max_size, quality, skip_existing, progress=lambda src, dst: bar.update(1))
+    for src, why in report.failed:
+        typer.echo(f"error: {why}", err=True)
+    if total == 1 and report.written:
+        typer.echo(f"wrote {report.written[0]}")
+    elif total > 1:
+        typer.echo(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed "
+                   f"in {report.seconds:.1f} s")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@clean_errors
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
+    """List the models stylize can find, with their styles."""
+    from . import modelfile
+
+    rows = []
+    for path in modelfile.find_models():
+        try:
+            rows.append(modelfile.describe(modelfile.load(path)))
+        except StylizeError as e:
+            typer.echo(f"warning: {e}", err=True)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no models found in " + ", ".join(map(str, modelfile.model_dirs())))
+    for r in rows:
+        typer.echo(f"{r['name']:<20} {r['norm']:<12} {', '.join(r['styles'])}  ({r['path']})")
+
+
+@app.command()
+@clean_errors
+def info(model: str = typer.Argument(..., help="Model name or file."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
+    """Print what a model file says about itself."""
+    from . import modelfile
+
+    rec = modelfile.load(model)
+    d = modelfile.describe(rec)
+    d["train"] = rec.get("train", {})
+    if as_json:
+        typer.echo(json.dumps(d, indent=2, default=str))
+        return
+    for k, v in d.items():
+        if k == "train":
+            typer.echo("train:")
+            for tk, tv in v.items():
+                typer.echo(f"  {tk}: {tv}")
+        else:
+            typer.echo(f"{k}: {v}")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Reading and writing images with Pillow: every failure is a StylizeError with one clear line.
+
+Images travel as float tensors (3, H, W) in [0, 1]; an alpha channel is kept aside and put back.
+Writes go to a temporary file in the destination folder and are renamed into place, so an
+interrupted run never leaves a half-written image and an input is never overwritten.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import StylizeError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
+SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP",
+                ".tif": "TIFF", ".tiff": "TIFF"}
+# Pillow's default decompression-bomb guard is ~89 MP; camera and panorama photos go beyond it.
+MAX_PIXELS = 250_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def _to_float_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any Pillow mode -> (H, W, 3) float32 RGB in [0, 1] and (H, W) alpha or None."""
+    alpha = None
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float greyscale
+        a = np.asarray(im, dtype=np.float32)
+        scale = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(a / scale, 0, 1) if im.mode != "F" else np.clip(a, 0, 1)
+        return np.repeat(a[:, :, None], 3, axis=2), None
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        alpha = np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0
+    rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return rgb, alpha
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open, fully decode and orient an image, or raise a StylizeError that says what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise StylizeError(f"{path}: no such file")
+    if path.is_dir():
+        raise StylizeError(f"{path}: is a folder, not an image")
+    try:
+        im = Image.open(path)
+        im.load()
+        return ImageOps.exif_transpose(im)
+    except Image.DecompressionBombError:
+        raise StylizeError(f"{path}: refused, over {MAX_PIXELS:,} pixels (decompression-bomb guard)")
+    except UnidentifiedImageError:
+        raise StylizeError(f"{path}: not an image Pillow can read")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise StylizeError(f"{path}: corrupt or truncated image ({e})")
+
+
+def load_image(path: str | Path, max_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """-> (3, H, W) float tensor in [0, 1] and (1, H, W) alpha or None, longest side <= max_size."""
+    im = open_image(path)
+    if max_size and max(im.size) > max_size:
+        s = max_size / max(im.size)
+        size = (max(1, round(im.width * s)), max(1, round(im.height * s)))
+        im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0) if im.mode not in ("I;16", "F") else im.resize(size)
+    rgb, alpha = _to_float_rgb(im)
+    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    a = torch.from_numpy(alpha)[None] if alpha is not None else None
+    return x, a
+
+
+def to_pil(x: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
+    a = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    im = Image.fromarray(a, "RGB")
+    if alpha is not None:
+        im.putalpha(Image.fromarray((alpha[0].float().clamp(0, 1) * 255).round().byte().cpu().numpy(), "L"))
+    return im
+
+
+def save_pil(im: Image.Image, path: str | Path, quality: int = 95) -> Path:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    fmt = SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise StylizeError(f"{path}: unknown output format; use one of {', '.join(sorted(SAVE_FORMATS))}")
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StylizeError(f"{folder}: cannot create output folder ({e.strerror})")
+    if im.mode == "RGBA" and fmt in ("JPEG", "BMP"):
+        im = im.convert("RGB")  # these formats have no alpha
+    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part", dir=folder)
+    except OSError as e:
+        raise StylizeError(f"{folder}: cannot write there ({e.strerror})")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            im.save(f, format=fmt, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise StylizeError(f"{path}: cannot write ({e.strerror or e})")
+        raise
+    return path
+
+
+def save_image(x: torch.Tensor, path: str | Path, alpha: torch.Tensor | None = None, quality: int = 95) -> Path:
+    return save_pil(to_pil(x, alpha), path, quality)
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """Every image file below a folder (recursive), in a stable order."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())

@@ -1,0 +1,112 @@
+"""Self-describing model files: where they are found, how they are written and safely read.
+
+A model file is a plain dict of tensors, strings and numbers (loadable with weights_only=True):
+  format, version, kind, net (the network's arguments), styles (names), train (the settings it was
+  trained with), versions, metrics, state_dict; a checkpoint adds optimizer, iteration, rng, history.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import StylizeError
+
+FORMAT = "stylize-model"
+VERSION = 1
+# Where `--model NAME` looks, in order: $STYLIZE_MODELS (a user folder), then the shipped weights/.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+USER_DIR_ENV = "STYLIZE_MODELS"
+
+
+def model_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get(USER_DIR_ENV):
+        dirs.append(Path(os.environ[USER_DIR_ENV]).expanduser())
+    dirs.append(Path.home() / ".stylize" / "models")
+    dirs.append(SHIPPED_DIR)
+    return dirs
+
+
+def find_models() -> list[Path]:
+    seen, found = set(), []
+    for d in model_dirs():
+        for p in sorted(d.glob("*.pt")) if d.is_dir() else []:
+            if p.stem not in seen:
+                seen.add(p.stem)
+                found.append(p)
+    return found
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """A path to an existing file, or a model name looked up in model_dirs()."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p
+    if p.suffix == "" and p.name == str(name_or_path):
+        for d in model_dirs():
+            if (d / f"{p.name}.pt").is_file():
+                return d / f"{p.name}.pt"
+        names = ", ".join(m.stem for m in find_models()) or "none found"
+        raise StylizeError(f"unknown model {name_or_path!r}; available: {names}")
+    raise StylizeError(f"{p}: no such model file")
+
+
+def save(obj: dict, path: str | Path) -> Path:
+    """Write atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path) -> dict:
+    """Read a model file with weights_only=True; anything that is not ours is refused in one line."""
+    path = resolve(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise StylizeError(f"{path}: refused, the file holds arbitrary Python objects "
+                           "(loading it could run code); it is not a stylize model")
+    except Exception as e:
+        raise StylizeError(f"{path}: not a stylize model file ({type(e).__name__})")
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise StylizeError(f"{path}: not a stylize model file")
+    if obj.get("version", 0) > VERSION:
+        raise StylizeError(f"{path}: made by a newer stylize (format {obj['version']}); upgrade stylize")
+    obj["path"] = str(path)
+    return obj
+
+
+def describe(obj: dict) -> dict:
+    """The summary `stylize models` and `stylize info` print (also as JSON)."""
+    path = Path(obj["path"])
+    net = obj.get("net", {})
+    train = obj.get("train", {})
+    return {
+        "name": path.stem,
+        "path": str(path),
+        "kind": obj.get("kind"),
+        "norm": net.get("norm"),
+        "styles": list(obj.get("styles", [])),
+        "strength": bool(net.get("strength", False)),
+        "width": net.get("width"),
+        "loss_net": train.get("loss_net"),
+        "iterations": obj.get("iteration", train.get("iterations")),
+        "image_size": train.get("image_size"),
+        "metrics": obj.get("metrics", {}),
+        "versions": obj.get("versions", {}),
+        "checkpoint": "optimizer" in obj,
+    }

@@ -1,0 +1,55 @@
+"""Every user-facing setting and its default, in one place and free of torch imports, so the CLI
+can build its options (and `stylize --help` can start) without loading torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+NORMS = ("instance", "conditional", "batch", "layer", "group", "none")
+LOSS_NETS = ("vgg16", "vgg19", "random")
+STYLE_LOSSES = ("gram", "meanstd")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DEFAULT_MODEL = "starry_night"  # shipped in weights/
+
+
+@dataclass
+class TrainConfig:
+    style: list[str] = field(default_factory=list)  # style images or folders of them
+    content: str | None = None  # folder of training photos; None: $STYLIZE_CONTENT or ~/.stylize/content
+    out: str = "model.pt"
+    norm: str = "instance"
+    width: int = 32
+    strength: bool = True  # train for every style strength in [0, 1], not only full strength
+    iterations: int = 2000
+    batch_size: int = 4
+    image_size: int = 256
+    style_size: int = 512  # longest side of the style image when its statistics are taken
+    content_weight: float = 1.0
+    style_weight: float = 10.0
+    tv_weight: float = 10.0
+    pixel_weight: float = 10.0  # pulls low-strength outputs to the photo (only with strength)
+    lr: float = 1e-3
+    loss_net: str = "vgg16"
+    vgg_weights: str | None = None
+    content_layers: list[str] = field(default_factory=lambda: ["relu2_2"])
+    style_layers: list[str] = field(default_factory=lambda: ["relu1_2", "relu2_2", "relu3_3", "relu4_3"])
+    style_loss: str = "gram"
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 500
+    sample_every: int = 100
+    workers: int = -1  # data loader processes; -1: 4 on CUDA, 0 on CPU
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class ApplyConfig:
+    model: str = DEFAULT_MODEL
+    style_weight: float = 1.0  # style strength in [0, 1]: 0 gives back the photo
+    max_size: int | None = None  # downscale inputs whose longest side is larger
+    out_dir: str = "stylized"
+    quality: int = 95  # JPEG and WebP quality
+    device: str = "auto"
