@@ -75,7 +75,8 @@ class Stylizer:
             raise StylizeError(f"model {self.name} was trained at full strength only; --style-weight needs a "
                                "model trained with strength (the default)")
         _, h, w = x.shape
-        ph, pw = (-h) % 4, (-w) % 4  # two stride-2 convolutions: sizes must be multiples of 4
+        # two stride-2 convolutions: sizes must be multiples of 4; and at least 8 for the 9x9 reflection pad
+        ph, pw = max(8, h + (-h) % 4) - h, max(8, w + (-w) % 4) - w
         xb = x[None].to(self.device)
         if ph or pw:
             mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"

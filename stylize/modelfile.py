@@ -77,9 +77,11 @@ def load(path: str | Path) -> dict:
     path = resolve(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise StylizeError(f"{path}: refused, the file holds arbitrary Python objects "
-                           "(loading it could run code); it is not a stylize model")
+    except pickle.UnpicklingError as e:
+        if "unsupported global" in str(e).lower():  # a class or function reference: how pickles run code
+            raise StylizeError(f"{path}: refused, the file holds arbitrary Python objects "
+                               "(loading it could run code); it is not a stylize model")
+        raise StylizeError(f"{path}: not a stylize model file (corrupt, or not a PyTorch file)")
     except Exception as e:
         raise StylizeError(f"{path}: not a stylize model file ({type(e).__name__})")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

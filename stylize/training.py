@@ -62,7 +62,7 @@ def model_record(net: TransformerNet, cfg: TrainConfig, styles: list[str], half:
         "format": modelfile.FORMAT, "version": modelfile.VERSION, "kind": "transformer",
         "net": net.cfg.to_dict(), "styles": styles,
         "train": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "versions": {"stylize": __version__, "torch": torch.__version__},
+        "versions": {"stylize": __version__, "torch": str(torch.__version__)},
         "state_dict": state,
     }
 
@@ -78,6 +78,8 @@ def _sample_photos(files: list[Path], size: int, count: int = 4) -> torch.Tensor
         photos.append(x)
         if len(photos) == count:
             break
+    if not photos:
+        raise StylizeError(f"none of the {len(files)} training photos could be read; check the --content folder")
     return torch.stack(photos)
 
 

@@ -77,6 +77,8 @@ def _torchvision_vgg(arch: str):
 
 
 def _load_state(features: nn.Sequential, state: dict, source: str) -> None:
+    if not isinstance(state, dict):
+        raise StylizeError(f"{source} does not hold a VGG state dict (it holds a {type(state).__name__})")
     state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier")}
     try:
         features.load_state_dict(state)

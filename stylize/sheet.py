@@ -1,0 +1,53 @@
+"""Contact sheets: one photo through several styles and strengths, labelled, in one image."""
+from __future__ import annotations
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .images import to_pil
+from .inference import Stylizer
+
+LABEL_HEIGHT = 22
+
+
+def _font():
+    try:
+        return ImageFont.load_default(size=14)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return ImageFont.load_default()
+
+
+def contact_sheet(stylizer: Stylizer, photo: torch.Tensor, styles: list[str] | None = None,
+                  strengths: list[float] | None = None, columns: int | None = None) -> Image.Image:
+    """The photo, then one tile per (style, strength): rows are styles, columns strengths.
+
+    styles: names/indices (or NAME=W mixes, given as one comma-joined entry) - all styles by default;
+    strengths: default [1.0].
+    """
+    styles = styles or list(stylizer.styles)
+    strengths = strengths or [1.0]
+    photo_tile = (to_pil(photo), "photo")
+    if len(strengths) == 1:  # one row: the photo, then every style
+        rows = [[photo_tile] + [(to_pil(stylizer(photo, stylizer.style_weights(spec.split(",")), strengths[0])), spec)
+                                for spec in styles]]
+        if columns:
+            flat = rows[0]
+            rows = [flat[i:i + columns] for i in range(0, len(flat), columns)]
+    else:  # a row per style: the photo (first row only), then the style at each strength
+        rows = []
+        for r, spec in enumerate(styles):
+            weights = stylizer.style_weights(spec.split(","))
+            rows.append([photo_tile if r == 0 else None] +
+                        [(to_pil(stylizer(photo, weights, s)), f"{spec} @ {s:g}") for s in strengths])
+    w, h = photo_tile[0].size
+    cols = max(len(r) for r in rows)
+    sheet = Image.new("RGB", (cols * w, len(rows) * (h + LABEL_HEIGHT)), "white")
+    draw, font = ImageDraw.Draw(sheet), _font()
+    for j, row in enumerate(rows):
+        for i, tile in enumerate(row):
+            if tile is None:
+                continue
+            x, y = i * w, j * (h + LABEL_HEIGHT)
+            sheet.paste(tile[0], (x, y + LABEL_HEIGHT))
+            draw.text((x + 4, y + 3), tile[1], fill="black", font=font)
+    return sheet
