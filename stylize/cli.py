@@ -125,8 +125,11 @@ def train(
 def apply(
     inputs: List[str] = typer.Argument(..., help="Photos, folders (recursive) or globs."),
     model: str = typer.Option(A.model, "--model", "-m", help="Model name (see `stylize models`) or file."),
-    style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="Style of the model by name or index; NAME=W mixes."),
-    style_weight: float = typer.Option(A.style_weight, help="Style strength in [0, 1]; 0 gives back the photo."),
+    style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="A style of the model (name or index), or a style image for adaptive models; NAME=W mixes."),
+    style_weight: float = typer.Option(A.style_weight, help="Style strength in [0, 1]; 0 gives back the photo (adaptive: the paper's alpha)."),
+    style_size: int = typer.Option(A.style_size, min=16, help="Adaptive models: longest side the style image is encoded at (scales the strokes)."),
+    preserve_color: bool = typer.Option(False, help="Keep the photo's colours."),
+    color_method: str = typer.Option("luminance", help="With --preserve-color: luminance (any model) or match (recolour the style image; adaptive)."),
     mask: Optional[Path] = typer.Option(None, help="Greyscale mask: white gets the first --style, black the second."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (one input only)."),
     out_dir: Path = typer.Option(A.out_dir, help="Output folder for several inputs; keeps sub-folders."),
@@ -141,13 +144,16 @@ def apply(
         raise StylizeError(f"--style-weight {style_weight}: must be between 0 and 1")
     from tqdm import tqdm
 
-    from .inference import Stylizer, apply_files, expand_inputs
+    from .color import COLOR_METHODS
+    from .inference import apply_files, expand_inputs, load_stylizer
 
-    stylizer = Stylizer(model, device)
+    _choice(color_method, COLOR_METHODS, "--color-method")
+    stylizer = load_stylizer(model, device, style_size)
     total = len(expand_inputs(inputs))
     with tqdm(total=total, unit="img", disable=total < 2, dynamic_ncols=True) as bar:
         report = apply_files(stylizer, inputs, out, out_dir, style, style_weight, str(mask) if mask else None,
-                             max_size, quality, skip_existing, progress=lambda src, dst: bar.update(1))
+                             max_size, quality, skip_existing, preserve_color,
+                             preserve_color and color_method == "match", progress=lambda src, dst: bar.update(1))
     for src, why in report.failed:
         typer.echo(f"error: {why}", err=True)
     if total == 1 and report.written:
@@ -180,12 +186,12 @@ def sheet(
     if not values or any(not 0 <= v <= 1 for v in values):
         raise StylizeError(f"--strengths {strengths!r}: each must be between 0 and 1")
     from .images import load_image, save_pil
-    from .inference import Stylizer
+    from .inference import load_stylizer
     from .sheet import contact_sheet
 
     if out.exists() and out.resolve() == photo.resolve():
         raise StylizeError(f"{out}: refusing to overwrite the input photo")
-    stylizer = Stylizer(model, device)
+    stylizer = load_stylizer(model, device)
     x, _ = load_image(photo, max_size=size)
     typer.echo(f"wrote {save_pil(contact_sheet(stylizer, x, style, values, columns), out)}")
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import modelfile
+from .color import keep_luminance
 from .devices import pick_device
 from .errors import StylizeError
 from .images import IMAGE_EXTENSIONS, SAVE_FORMATS, find_images, load_image, save_image
@@ -26,8 +27,8 @@ from .settings import DEFAULT_MODEL
 class Stylizer:
     """A loaded model, ready to stylize (3, H, W) tensors in [0, 1]."""
 
-    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto"):
-        self.record = modelfile.load(model)
+    def __init__(self, model: str | Path | dict = DEFAULT_MODEL, device: str = "auto"):
+        self.record = model if isinstance(model, dict) else modelfile.load(model)
         if self.record.get("kind") != "transformer":
             raise StylizeError(f"{model}: model kind {self.record.get('kind')!r} is not supported by this version")
         self.device = pick_device(device)
@@ -36,6 +37,22 @@ class Stylizer:
         self.net = TransformerNet(NetConfig(**self.record["net"]))
         self.net.load_state_dict({k: v.float() for k, v in self.record["state_dict"].items()})
         self.net.eval().requires_grad_(False).to(self.device)
+
+    def condition(self, specs: list[str] | None, mask: torch.Tensor | None = None, photo=None,
+                  match_color: bool = False) -> torch.Tensor:
+        """Style weights (N,), or with a mask (H, W) spatial weights (N, H, W): white -> first style."""
+        if match_color:
+            raise StylizeError("--color-method match needs a style image, so an adaptive model; use luminance")
+        weights = self.style_weights(specs)
+        if mask is None:
+            return weights
+        if not specs or len(specs) != 2:
+            raise StylizeError("--mask needs exactly two --style values: the first paints the white region")
+        a, b = (self.style_index(s.partition("=")[0]) for s in specs)
+        w = torch.zeros(len(self.styles), *mask.shape)
+        w[a] += mask
+        w[b] += 1 - mask
+        return w
 
     def style_weights(self, specs: list[str] | None) -> torch.Tensor:
         """Parse ["starry"], ["1"], ["starry=0.7", "wave=0.3"] into normalised weights (N,)."""
@@ -88,6 +105,87 @@ class Stylizer:
         s = torch.tensor([strength], device=self.device) if self.record["net"].get("strength") else None
         y = self.net(xb, Condition(styles, s))
         return y[0, :, :h, :w].clamp(0, 1).float().cpu()
+
+
+class AdaINStylizer:
+    """An adaptive (AdaIN) model: any style image, given at apply time (see adain.py)."""
+
+    def __init__(self, record: dict, device: str = "auto", style_size: int | None = 512):
+        from .adain import AdaINConfig, AdaINNet
+
+        self.record, self.device, self.style_size = record, pick_device(device), style_size
+        self.name = Path(record["path"]).stem
+        self.styles: list[str] = []
+        self.net = AdaINNet(AdaINConfig(**record["net"]))
+        self.net.load_state_dict({k: v.float() for k, v in record["state_dict"].items()})
+        self.net.eval().requires_grad_(False).to(self.device)
+        self._stats: dict = {}
+
+    def _style(self, path: str, photo: torch.Tensor | None, match: bool):
+        from .color import match_colors
+        from .data import load_style
+        from .losses import mean_std
+
+        key = (path, id(photo) if match else None)
+        if key not in self._stats:
+            _, style = load_style(path, self.style_size)
+            if match and photo is not None:
+                style = match_colors(style, photo)
+            with torch.inference_mode():
+                self._stats[key] = mean_std(self.net.encoder(style[None].to(self.device)))
+        return self._stats[key]
+
+    @staticmethod
+    def _parse(spec: str) -> tuple[str, float]:
+        path, sep, amount = spec.rpartition("=")
+        if sep and not Path(spec).exists():
+            try:
+                return path, float(amount)
+            except ValueError:
+                pass
+        return spec, 1.0
+
+    def condition(self, specs: list[str] | None, mask: torch.Tensor | None = None, photo=None,
+                  match_color: bool = False):
+        """Style images (PATH or PATH=W) -> (stats per style, weights, masks) for AdaINNet."""
+        if not specs:
+            raise StylizeError(f"model {self.name} is adaptive: give a style image with --style PAINTING.jpg")
+        parsed = [self._parse(s) for s in specs]
+        if any(w < 0 for _, w in parsed) or sum(w for _, w in parsed) <= 0:
+            raise StylizeError("--style weights must be non-negative and not all zero")
+        stats = [self._style(p, photo, match_color) for p, _ in parsed]
+        total = sum(w for _, w in parsed)
+        masks = None
+        if mask is not None:
+            if len(specs) != 2:
+                raise StylizeError("--mask needs exactly two --style values: the first paints the white region")
+            m = mask[None, None].to(self.device)
+            masks = [m, 1 - m]
+        return stats, [w / total for _, w in parsed], masks
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, cond, strength: float = 1.0) -> torch.Tensor:
+        """strength is the paper's alpha: 0 decodes the photo's own features."""
+        if not 0.0 <= strength <= 1.0:
+            raise StylizeError(f"--style-weight {strength}: must be between 0 and 1")
+        stats, weights, masks = cond
+        _, h, w = x.shape
+        ph, pw = (-h) % 8, (-w) % 8  # three poolings in the encoder
+        xb = x[None].to(self.device)
+        if ph or pw:
+            xb = F.pad(xb, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        if masks is not None and (ph or pw):
+            masks = [F.pad(m, (0, pw, 0, ph), mode="replicate") for m in masks]
+        y = self.net(xb, stats, weights, masks, alpha=strength)
+        return y[0, :, :h, :w].clamp(0, 1).float().cpu()
+
+
+def load_stylizer(model: str | Path = DEFAULT_MODEL, device: str = "auto", style_size: int | None = 512):
+    """A Stylizer for transformer models or an AdaINStylizer for adaptive ones."""
+    record = modelfile.load(model)
+    if record.get("kind") == "adain":
+        return AdaINStylizer(record, device, style_size)
+    return Stylizer(record, device)
 
 
 def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
@@ -150,16 +248,15 @@ class ApplyReport:
     seconds: float = 0.0
 
 
-def apply_files(stylizer: Stylizer, inputs: list[str], out: Path | None = None, out_dir: Path = Path("stylized"),
+def apply_files(stylizer: Stylizer | AdaINStylizer, inputs: list[str], out: Path | None = None, out_dir: Path = Path("stylized"),
                 styles: list[str] | None = None, strength: float = 1.0, mask: str | None = None,
                 max_size: int | None = None, quality: int = 95, skip_existing: bool = False,
+                preserve_color: bool = False, match_color: bool = False,
                 progress: Callable[[Path, Path], None] | None = None) -> ApplyReport:
     """Stylize every input; a file that fails is reported and the rest go on."""
     items = expand_inputs(inputs)
     paths = output_paths(items, out, out_dir)
-    weights = stylizer.style_weights(styles)
-    if mask is not None and (styles is None or len(styles) != 2):
-        raise StylizeError("--mask needs exactly two --style values: the first paints the white region")
+    stylizer.condition(styles, match_color=match_color)  # bad styles fail before any file is read
     report, t0 = ApplyReport(), time.perf_counter()
     for (src, _), dst in zip(items, paths):
         if skip_existing and dst.exists():
@@ -167,14 +264,11 @@ def apply_files(stylizer: Stylizer, inputs: list[str], out: Path | None = None, 
         else:
             try:
                 x, alpha = load_image(src, max_size)
-                w = weights
-                if mask is not None:
-                    m = load_mask(mask, tuple(x.shape[1:]))
-                    a, b = (stylizer.style_index(s.partition("=")[0]) for s in styles)
-                    w = torch.zeros(len(stylizer.styles), *m.shape)
-                    w[a] += m
-                    w[b] += 1 - m
-                save_image(stylizer(x, w, strength), dst, alpha, quality)
+                m = load_mask(mask, tuple(x.shape[1:])) if mask is not None else None
+                y = stylizer(x, stylizer.condition(styles, m, x, match_color), strength)
+                if preserve_color and not match_color:
+                    y = keep_luminance(y, x)
+                save_image(y, dst, alpha, quality)
                 report.written.append(dst)
             except StylizeError as e:
                 report.failed.append((src, str(e)))

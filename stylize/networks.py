@@ -5,7 +5,10 @@ Departures from the paper, and why:
   leaves checkerboard artefacts (Odena et al. 2016);
 - reflection padding everywhere instead of zero padding, which darkens borders;
 - the output is a plain convolution on [0, 1] images (clamped at apply time) rather than a scaled
-  tanh, which saturates and slows early training.
+  tanh, which saturates and slows early training;
+- a strength-conditioned network (NetConfig.strength) outputs photo + s * residual(photo, s): strength
+  0 is the photo exactly, and the residual itself depends on s through the norm layers (norms.py), so
+  intermediate strengths are a stylization trained for that strength, not a cross-fade of pixels.
 """
 from __future__ import annotations
 
@@ -75,9 +78,14 @@ class TransformerNet(nn.Module):
         self.out = nn.Conv2d(w, 3, 9, 1)
 
     def forward(self, x: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        h = x
         for layer in (*self.down, *self.res, *self.up):
-            x = layer(x, cond)
-        return self.out(self.out_pad(x))
+            h = layer(h, cond)
+        y = self.out(self.out_pad(h))
+        if not self.cfg.strength:
+            return y
+        s = cond.strength if cond is not None and cond.strength is not None else None
+        return x + y if s is None else x + s.to(y.dtype).view(-1, 1, 1, 1) * y
 
     def norms(self):
         return [m for m in self.modules() if hasattr(m, "affine") and hasattr(m, "stat")]

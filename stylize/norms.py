@@ -19,7 +19,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .settings import NORMS  # noqa: F401  (re-exported)
+from .settings import TRANSFORMER_NORMS
 
 
 @dataclass
@@ -117,5 +117,5 @@ def make_norm(kind: str, channels: int, num_styles: int = 1, strength: bool = Fa
     elif kind == "none":
         stat = nn.Identity()
     else:
-        raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+        raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(TRANSFORMER_NORMS)}")
     return Norm(stat, ConditionalAffine(channels, num_styles, strength))

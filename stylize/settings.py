@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-NORMS = ("instance", "conditional", "batch", "layer", "group", "none")
+TRANSFORMER_NORMS = ("instance", "conditional", "batch", "layer", "group", "none")  # layers of the Johnson network
+NORMS = TRANSFORMER_NORMS + ("adaptive",)  # adaptive: the AdaIN encoder-decoder (adain.py)
 LOSS_NETS = ("vgg16", "vgg19", "random")
 STYLE_LOSSES = ("gram", "meanstd")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -16,7 +17,7 @@ class TrainConfig:
     style: list[str] = field(default_factory=list)  # style images or folders of them
     content: str | None = None  # folder of training photos; None: $STYLIZE_CONTENT or ~/.stylize/content
     out: str = "model.pt"
-    norm: str = "instance"
+    norm: str = "instance"  # or conditional (several styles), adaptive (AdaIN), batch, layer, group, none
     width: int = 32
     strength: bool = True  # train for every style strength in [0, 1], not only full strength
     iterations: int = 2000
@@ -49,6 +50,7 @@ class TrainConfig:
 class ApplyConfig:
     model: str = DEFAULT_MODEL
     style_weight: float = 1.0  # style strength in [0, 1]: 0 gives back the photo
+    style_size: int = 512  # adaptive models: longest side of the style image when encoded
     max_size: int | None = None  # downscale inputs whose longest side is larger
     out_dir: str = "stylized"
     quality: int = 95  # JPEG and WebP quality

@@ -1,11 +1,14 @@
 """Contact sheets: one photo through several styles and strengths, labelled, in one image."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import StylizeError
 from .images import to_pil
-from .inference import Stylizer
+from .inference import AdaINStylizer, Stylizer
 
 LABEL_HEIGHT = 22
 
@@ -17,7 +20,12 @@ def _font():
         return ImageFont.load_default()
 
 
-def contact_sheet(stylizer: Stylizer, photo: torch.Tensor, styles: list[str] | None = None,
+def _label(spec: str) -> str:
+    """Style names as given; style images (adaptive models) by file name."""
+    return ",".join(Path(p).stem if "/" in p or "." in p.partition("=")[0] else p for p in spec.split(","))
+
+
+def contact_sheet(stylizer: Stylizer | AdaINStylizer, photo: torch.Tensor, styles: list[str] | None = None,
                   strengths: list[float] | None = None, columns: int | None = None) -> Image.Image:
     """The photo, then one tile per (style, strength): rows are styles, columns strengths.
 
@@ -25,20 +33,22 @@ def contact_sheet(stylizer: Stylizer, photo: torch.Tensor, styles: list[str] | N
     strengths: default [1.0].
     """
     styles = styles or list(stylizer.styles)
+    if not styles:
+        raise StylizeError("an adaptive model needs style images: pass --style PAINTING.jpg (repeat for more)")
     strengths = strengths or [1.0]
     photo_tile = (to_pil(photo), "photo")
     if len(strengths) == 1:  # one row: the photo, then every style
-        rows = [[photo_tile] + [(to_pil(stylizer(photo, stylizer.style_weights(spec.split(",")), strengths[0])), spec)
-                                for spec in styles]]
+        rows = [[photo_tile] + [(to_pil(stylizer(photo, stylizer.condition(spec.split(",")), strengths[0])),
+                                 _label(spec)) for spec in styles]]
         if columns:
             flat = rows[0]
             rows = [flat[i:i + columns] for i in range(0, len(flat), columns)]
     else:  # a row per style: the photo (first row only), then the style at each strength
         rows = []
         for r, spec in enumerate(styles):
-            weights = stylizer.style_weights(spec.split(","))
+            weights = stylizer.condition(spec.split(","))
             rows.append([photo_tile if r == 0 else None] +
-                        [(to_pil(stylizer(photo, weights, s)), f"{spec} @ {s:g}") for s in strengths])
+                        [(to_pil(stylizer(photo, weights, s)), f"{_label(spec)} @ {s:g}") for s in strengths])
     w, h = photo_tile[0].size
     cols = max(len(r) for r in rows)
     sheet = Image.new("RGB", (cols * w, len(rows) * (h + LABEL_HEIGHT)), "white")

@@ -84,19 +84,16 @@ def _sample_photos(files: list[Path], size: int, count: int = 4) -> torch.Tensor
 
 
 @torch.no_grad()
-def save_samples(net, photos, num_styles, path: Path) -> Path:
+def save_samples(recipe, photos: torch.Tensor, path: Path) -> Path:
     """A grid: one row per fixed photo; the photo, then each style (up to 6) at full strength."""
     from torchvision.utils import make_grid
 
-    was_training = net.training
-    net.eval()
-    device = next(net.parameters()).device
-    cols = [photos]
-    for i in range(min(num_styles, 6)):
-        onehot = torch.nn.functional.one_hot(torch.full((len(photos),), i), num_styles).float()
-        cols.append(net(photos.to(device), Condition(onehot.to(device))).float().clamp(0, 1).cpu())
-    grid = make_grid(torch.stack(cols, 1).flatten(0, 1), nrow=len(cols), padding=2, pad_value=1.0)
-    net.train(was_training)
+    was_training = recipe.net.training
+    recipe.net.eval()
+    cols = [photos] + recipe.samples(photos)
+    grid = make_grid(torch.stack([c.float().clamp(0, 1).cpu() for c in cols], 1).flatten(0, 1),
+                     nrow=len(cols), padding=2, pad_value=1.0)
+    recipe.net.train(was_training)
     return save_image(grid, path)
 
 
@@ -159,6 +156,101 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+class TransformerRecipe:
+    """Johnson et al.: a transformer network for a fixed set of styles (IN, CIN and the other norms)."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, start: int):
+        names, images = zip(*[load_style(p, cfg.style_size) for p in style_files(cfg.style)])
+        self.names, self.cfg, self.device = list(names), cfg, device
+        norm = "conditional" if cfg.norm == "instance" and len(names) > 1 else cfg.norm
+        self.net = TransformerNet(NetConfig(norm, len(names), cfg.strength, cfg.width)).to(device)
+        self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
+                                   cfg.content_layers, cfg.style_layers, cfg.style_loss).to(device)
+        self.loss.set_styles([im.to(device) for im in images])
+        self.weights = {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
+                        "pixel": cfg.pixel_weight if cfg.strength else 0.0}
+
+    def step(self, x: torch.Tensor | None, draws: torch.Generator) -> dict | None:
+        b, n_styles = self.cfg.batch_size, len(self.names)
+        style_index = torch.randint(n_styles, (b,), generator=draws)  # drawn even for a skipped batch,
+        strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # so resume stays in step
+        if x is None:
+            return None
+        si, st = style_index[:len(x)].to(self.device), strength[:len(x)].to(self.device)
+        cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.strength else None)
+        y = self.net(x, cond)
+        return self.loss(y, x, si, st, self.weights)
+
+    @torch.no_grad()
+    def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
+        n = len(self.names)
+        return [self.net(photos, Condition(torch.nn.functional.one_hot(
+            torch.full((len(photos),), i, device=photos.device), n).float())) for i in range(min(n, 6))]
+
+    def record(self, half: bool) -> dict:
+        return model_record(self.net, self.cfg, self.names, half)
+
+
+class AdaINRecipe:
+    """Huang & Belongie: train only the decoder, on random photo and painting crops (see adain.py)."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, start: int):
+        from .adain import ENCODER_TAPS, AdaINConfig, AdaINNet
+
+        self.cfg, self.device = cfg, device
+        arch = "random" if cfg.loss_net == "random" else "vgg19"  # the paper's encoder is VGG-19
+        vgg = loss_network(arch, ENCODER_TAPS, cfg.vgg_weights)
+        self.net = AdaINNet(AdaINConfig(encoder=vgg.description, width=cfg.width)).to(device)
+        self.net.encoder.features.load_state_dict(vgg.features.state_dict())
+        self.files = style_files(cfg.style)
+        workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
+        self.styles = iter(batches(self.files, cfg.image_size, cfg.batch_size, cfg.seed + 7, start,
+                                   cfg.iterations, workers))
+        self.names = []  # any style image; the training paintings are in the settings
+        self.fixed_styles = torch.stack([
+            torch.nn.functional.interpolate(load_style(f, cfg.image_size)[1][None], size=(cfg.image_size,) * 2,
+                                            mode="bilinear", antialias=True)[0] for f in self.files[:4]]).to(device)
+
+    def step(self, x: torch.Tensor | None, draws: torch.Generator) -> dict | None:
+        from .adain import adain
+        from .losses import mean_std, relative_error, style_stats, total_variation
+
+        s, _ = next(self.styles)
+        if x is None or s is None:
+            return None
+        n = min(len(x), len(s))
+        x, s = x[:n], s[:n].to(self.device, non_blocking=True)
+        enc = self.net.encoder
+        fs = enc(s, all_taps=True)
+        t = adain(enc(x), *mean_std(fs["relu4_1"]))
+        y = self.net.decoder(t)
+        fy = enc(y, all_taps=True)
+        terms = {
+            "content": relative_error(fy["relu4_1"], t.detach()).mean(),  # against the AdaIN target, as in the paper
+            "style": sum(relative_error(style_stats(fy[k], "meanstd"), style_stats(fs[k], "meanstd")).mean()
+                         for k in fs) / len(fs),
+            "tv": total_variation(y).mean(),
+        }
+        terms["total"] = (self.cfg.content_weight * terms["content"] + self.cfg.style_weight * terms["style"]
+                          + self.cfg.tv_weight * terms["tv"])
+        return terms
+
+    @torch.no_grad()
+    def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
+        from .losses import mean_std
+
+        cols = []
+        for style in self.fixed_styles:
+            stats = mean_std(self.net.encoder(style[None]))
+            cols.append(self.net(photos, [(stats[0].expand(len(photos), -1), stats[1].expand(len(photos), -1))]))
+        return cols
+
+    def record(self, half: bool) -> dict:
+        rec = model_record(self.net, self.cfg, self.names, half)
+        rec.update(kind="adain", net=self.net.cfg.to_dict())
+        return rec
+
+
 def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
           resume: str | Path | None = None) -> Path:
     """Train and write cfg.out; returns its path. With `resume`, continue that checkpoint's run
@@ -178,35 +270,30 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         raise StylizeError("no style image; pass --style IMAGE (several, or a folder, for --norm conditional)")
     device = pick_device(cfg.device)
     files = content_files(cfg.content)
-    names, images = zip(*[load_style(p, cfg.style_size) for p in style_files(cfg.style)])
-    norm = "conditional" if cfg.norm == "instance" and len(names) > 1 else cfg.norm
+    start = ckpt["iteration"] if ckpt is not None else 0
 
     torch.manual_seed(cfg.seed)
-    net = TransformerNet(NetConfig(norm, len(names), cfg.strength, cfg.width)).to(device)
-    loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
-                          cfg.content_layers, cfg.style_layers, cfg.style_loss).to(device)
-    loss.set_styles([im.to(device) for im in images])
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    recipe = (AdaINRecipe if cfg.norm == "adaptive" else TransformerRecipe)(cfg, device, start)
+    net = recipe.net
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
     draws = torch.Generator().manual_seed(cfg.seed + 1)  # style and strength per example
-    start, history = 0, []
+    history = []
     if ckpt is not None:
         net.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         draws.set_state(ckpt["rng"]["draws"])
-        start, history = ckpt["iteration"], list(ckpt["history"])
+        history = list(ckpt["history"])
 
     folder = run_dir(cfg.out)
     (folder / "samples").mkdir(parents=True, exist_ok=True)
     photos = _sample_photos(files, cfg.image_size)
-    weights = {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
-               "pixel": cfg.pixel_weight if cfg.strength else 0.0}
     amp = device.type == "cuda"
     workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
     skipped, it = 0, start
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
 
     def checkpoint() -> Path:
-        rec = model_record(net, cfg, list(names), half=False)
+        rec = recipe.record(half=False)
         rec.update(optimizer=opt.state_dict(), iteration=it, history=history,
                    rng={"draws": draws.get_state()})
         path = modelfile.save(rec, folder / "checkpoint.pt")
@@ -219,29 +306,23 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
                          pin=device.type == "cuda")
         for x, bad in loader:
             skipped += bad
-            b = cfg.batch_size
-            style_index = torch.randint(len(names), (b,), generator=draws)
-            strength = sample_strengths(b, draws) if cfg.strength else torch.ones(b)
-            if x is not None:  # a batch of only unreadable files is skipped (the draws still advance)
-                n = len(x)
+            if x is not None:
                 x = x.to(device, non_blocking=True)
-                si, st = style_index[:n].to(device), strength[:n].to(device)
-                cond = Condition(torch.nn.functional.one_hot(si, len(names)).float(), st if cfg.strength else None)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    y = net(x, cond)
-                    terms = loss(y, x, si, st, weights)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                terms = recipe.step(x, draws)
+            if terms is not None:
                 opt.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 opt.step()
-            else:
-                terms = {k: torch.tensor(float("nan")) for k in (*weights, "total")}
+            else:  # a batch of only unreadable files is skipped
+                terms = {"total": torch.tensor(float("nan"))}
             it += 1
-            row = {"iteration": it, **{k: float(v) for k, v in terms.items()},
+            row = {"iteration": it, **{k: float(v.detach()) for k, v in terms.items()},
                    "seconds": round(time.perf_counter() - t0, 3)}
             history.append(row)
             progress(Progress(it, cfg.iterations, row, skipped))
             if it % cfg.sample_every == 0 or it == cfg.iterations:
-                path = save_samples(net, photos, len(names), folder / "samples" / f"iter_{it:06d}.jpg")
+                path = save_samples(recipe, photos.to(device), folder / "samples" / f"iter_{it:06d}.jpg")
                 progress(Progress(it, cfg.iterations, row, skipped, "sample", path))
             if cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
                 progress(Progress(it, cfg.iterations, row, skipped, "checkpoint", checkpoint()))
@@ -250,9 +331,10 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
     if it < cfg.iterations:
         raise Interrupted(checkpoint(), it)
     checkpoint()
-    rec = model_record(net, cfg, list(names), half=True)
-    last = history[-max(1, len(history) // 20):]
-    rec["metrics"] = {k: sum(h[k] for h in last) / len(last) for k in last[0] if k not in ("iteration",)}
+    rec = recipe.record(half=True)
+    last = [h for h in history[-max(1, len(history) // 20):] if h["total"] == h["total"]] or history[-1:]
+    rec["metrics"] = {k: sum(h.get(k, float("nan")) for h in last) / len(last)
+                      for k in last[0] if k not in ("iteration", "seconds")}
     rec["metrics"]["skipped_photos"] = skipped
     rec["iteration"] = it
     return modelfile.save(rec, cfg.out)

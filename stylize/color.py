@@ -1,0 +1,47 @@
+"""Colour preservation (Gatys et al. 2016, "Preserving color in neural artistic style transfer").
+
+luminance: stylize, then keep the output's luminance (Y of YCbCr) with the photo's chroma (CbCr).
+match: before stylizing, give the style image the photo's colour mean and covariance, so the style
+contributes strokes and texture but no new palette (needs a style image: AdaIN models).
+"""
+from __future__ import annotations
+
+import torch
+
+COLOR_METHODS = ("luminance", "match")
+_RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def to_ycbcr(x: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) RGB in [0, 1] -> YCbCr with Cb, Cr centred on 0."""
+    return torch.einsum("ij,jhw->ihw", _RGB_TO_YCBCR.to(x), x)
+
+
+def to_rgb(y: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,jhw->ihw", torch.linalg.inv(_RGB_TO_YCBCR).to(y), y)
+
+
+def keep_luminance(output: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+    """The output's luminance with the photo's chroma."""
+    y = to_ycbcr(output)
+    y[1:] = to_ycbcr(photo)[1:]
+    return to_rgb(y).clamp(0, 1)
+
+
+def match_colors(style: torch.Tensor, photo: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Linearly map the style's RGB distribution onto the photo's mean and covariance."""
+    def stats(x):
+        f = x.reshape(3, -1).double()
+        mean = f.mean(1, keepdim=True)
+        cov = torch.cov(f) + eps * torch.eye(3, dtype=f.dtype)
+        return f, mean, cov
+
+    def sqrtm(c, inverse=False):
+        vals, vecs = torch.linalg.eigh(c)
+        vals = vals.clamp_min(eps).pow(-0.5 if inverse else 0.5)
+        return vecs @ torch.diag(vals) @ vecs.T
+
+    fs, ms, cs = stats(style)
+    _, mp, cp = stats(photo)
+    out = sqrtm(cp) @ sqrtm(cs, inverse=True) @ (fs - ms) + mp
+    return out.reshape(style.shape).to(style.dtype).clamp(0, 1)
