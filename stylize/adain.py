@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import mean_std
+from .vgg import vgg_features
 
 ENCODER_TAPS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
 
@@ -47,15 +48,10 @@ class Encoder(nn.Module):
 
     def __init__(self):
         super().__init__()
-        cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512]
-        layers, cin = [], 3
-        for v in cfg:  # the same indices as torchvision's vgg19().features, so its weights load
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
-                cin = v
-        self.features = nn.Sequential(*layers)
+        self.features = vgg_features("vgg19")[:21]  # to relu4_1; torchvision's indices, so its weights load
+        for m in self.features:
+            if isinstance(m, nn.ReLU):
+                m.inplace = False
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         self.tap_index = {1: "relu1_1", 6: "relu2_1", 11: "relu3_1", 20: "relu4_1"}
@@ -94,6 +90,9 @@ class Decoder(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+        last = self.net[-1]  # start near mid-grey, far from the [0, 1] clamp, so early outputs still differ
+        last.weight.data.mul_(0.05)
+        last.bias.data.fill_(0.5)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.net(t)

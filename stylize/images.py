@@ -7,6 +7,7 @@ interrupted run never leaves a half-written image and an input is never overwrit
 from __future__ import annotations
 
 import os
+import warnings
 import tempfile
 from pathlib import Path
 
@@ -21,7 +22,8 @@ SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", "
                 ".tif": "TIFF", ".tiff": "TIFF"}
 # Pillow's default decompression-bomb guard is ~89 MP; camera and panorama photos go beyond it.
 MAX_PIXELS = 250_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # Pillow warns above this and refuses above twice this
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
 def _to_float_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

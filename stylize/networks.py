@@ -41,10 +41,17 @@ class ConvNorm(nn.Module):
         self.relu = relu
 
     def forward(self, x: torch.Tensor, cond: Condition | None) -> torch.Tensor:
+        return self.finish(self.convolve(x), cond)
+
+    # the two halves are separate so that tiling.py can measure the norm's input between them
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
         if self.upsample:
             x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
-        x = self.norm(self.conv(self.pad(x)), cond)
-        return torch.relu(x) if self.relu else x
+        return self.conv(self.pad(x))
+
+    def finish(self, z: torch.Tensor, cond: Condition | None) -> torch.Tensor:
+        z = self.norm(z, cond)
+        return torch.relu(z) if self.relu else z
 
 
 class ResidualBlock(nn.Module):
@@ -81,6 +88,10 @@ class TransformerNet(nn.Module):
         h = x
         for layer in (*self.down, *self.res, *self.up):
             h = layer(h, cond)
+        return self.head(x, h, cond)
+
+    def head(self, x: torch.Tensor, h: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        """The output layer: photo x and last features h -> image."""
         y = self.out(self.out_pad(h))
         if not self.cfg.strength:
             return y

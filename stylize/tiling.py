@@ -1,62 +1,70 @@
-"""Tiled apply: stylize an image of any size in bounded memory.
+"""Tiled apply: stylize an image of any size in bounded memory, with the untiled result.
 
 Why a statistics pass. Instance norm (and layer and group norm) normalize every feature map with
-its mean and variance over the *whole image*. A tile run on its own would use its own statistics:
-a tile of sky would get the contrast of a busy one, a dark corner would be brightened, and the
-tiles would drift apart in brightness and stroke. So the per-channel statistics of every such layer
-are first measured for the whole image and then frozen (`InstanceStat.frozen`) while the tiles run.
-Batch norm in eval mode uses running statistics and needs nothing.
+its mean and variance over the *whole image*. A tile run on its own uses its own statistics: a
+tile of sky gets the contrast of a busy one, a dark corner is brightened, and the tiles drift apart
+in brightness and stroke. So every such layer's per-channel statistics are measured over the whole
+image and frozen (`InstanceStat.frozen`) while the tiles run. Batch norm in eval mode uses running
+statistics and needs nothing.
 
-How the statistics are measured (`stats=`):
-- "preview": one pass over a downscaled copy of the image; cheap, but the statistics of a smaller
-  image are not those of the big one (the network is not scale invariant);
-- "refine" (default): the preview, then `refine` passes over the full-resolution tiles with those
-  statistics frozen, measuring every layer's input over the whole image. Each norm layer
-  re-standardizes what reaches it, so one pass removes nearly all of the preview's error;
-- "exact": layer by layer, each pass running the tiles only up to the layer it measures, with the
-  earlier layers frozen at their exact values. Equal to the untiled statistics up to rounding, but
-  ~7x the cost of the image; kept for checking the others.
-Measured on 1024x768 photos (bench/tiling.py, tiles of 256): see BENCH NUMBERS below.
+How the statistics are measured. A layer's statistics depend on the frozen statistics of every layer
+before it, and the network turned out far too sensitive for shortcuts (bench/tiling.py, 1024x768
+photos, tiles of 256, PSNR against the untiled output; a trained model and a random one agree):
+- from a downscaled copy (half the side): 19-31 dB; a quarter: 15-24 dB. Consistent across tiles
+  (no seams), but visibly not the untiled picture. Kept as stats="preview", the fast option;
+- the preview refined by passes over the tiles with the preview's statistics frozen: 13 dB after
+  one pass, 5 after two. The fixed-point iteration diverges; dropped;
+- exact, layer by layer ("exact", the default): >100 dB, i.e. the untiled result.
+Layer by layer naively means re-running every tile from the photo up to each of the 15 norms
+(~7x the network's cost). Instead the network is stepped one convolution at a time (`_Walker`):
+phase k runs every tile's convolution k from the state the tile kept after phase k-1, measures that
+layer's input over the whole image, then freezes it. The state kept between phases is the
+pre-norm output (and the residual stream) at a quarter or half resolution: 16 values per input
+pixel, stored as float16 in memory or, for big images, in a temporary folder. Total cost ~1.2x one
+pass; the float16 state costs nothing visible (see the bench).
 
 How tiles fit together.
-- Every tile runs with HALO pixels of real image around it, cut off afterwards: reflection padding
-  at a cut edge is not the image, and its effect reaches as far as the receptive field (~70 px,
-  measured), fading fast. With the halo and frozen statistics a tile's inside is the untiled result
-  to float rounding.
+- Every tile runs with HALO pixels of real image around it, cut off afterwards: reflection padding at
+  a cut edge is not the image. Measured with exact statistics: halo 16 -> 68 dB, 24 -> 87 dB,
+  32 -> 106 dB, 48 -> 162 dB (float rounding), so 32 is plenty.
 - Neighbouring tiles overlap by about OVERLAP pixels and are blended with linear ramps that sum to
   one (feathering), so whatever difference is left fades across the overlap instead of showing as
   a line.
-- Tile corners fall on multiples of 4, so the two stride-2 convolutions and the two upsamplings
-  sample the same grid as in the whole image.
+- Tile corners fall on multiples of 4, so the two stride-2 convolutions and the two upsamplings see
+  the same grid as in the whole image, which is padded to multiples of 4 the same way.
 
-Memory: the input stays uint8 on the CPU (windows are converted one at a time), and the output is
+Memory: the input stays uint8 on the CPU (windows are converted one at a time); the output is
 accumulated in float32 one band of tiles at a time and stored as soon as no later tile touches it.
 """
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .norms import Condition, InstanceStat, Norm
+from .norms import Condition, InstanceStat
 
 ALIGN = 4  # two stride-2 convolutions: tile corners on multiples of 4
-HALO = 64  # context around every tile, px (multiple of ALIGN)
-OVERLAP = 32  # feathered overlap between neighbouring tiles, px
+HALO = 32  # context around every tile, px (multiple of ALIGN)
+OVERLAP = 16  # feathered overlap between neighbouring tiles, px
 MIN_TILE = 64
-STATS = ("refine", "preview", "exact")
-PREVIEW_PIXELS = 1_000_000  # the preview's size; also bounded by the memory budget
+STATS = ("exact", "preview")
+PREVIEW_PIXELS = 1_000_000  # size of the downscaled copy for stats="preview"
+STATE_VALUES = 16  # per window pixel: phases keep a state only if it is at most this big
 
 
 def bytes_per_pixel(width: int) -> float:
     """Peak working memory of one forward pass per input pixel, float32, for a network of `width`.
 
-    Measured on CPU (bench/tiling.py): ~960 B/px at width 32, ~545 at width 16, i.e. about 30 bytes
-    per channel of the first layer; rounded up here.
+    Measured on CPU: ~960 B/px at width 32, ~545 at width 16 (about 30 bytes per channel of the
+    first layer); rounded up.
     """
     return 32.0 * width + 64.0
 
@@ -76,16 +84,17 @@ def _up(n: int, a: int = ALIGN) -> int:
     return -(-n // a) * a
 
 
+# -- geometry ----------------------------------------------------------------------------------------
+
 def spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     """Cores [start, end) of equal size covering [0, length), starts on multiples of ALIGN,
-    neighbours overlapping by at least `overlap` (length, tile and overlap multiples of ALIGN)."""
+    neighbours overlapping by at least `overlap` (all three multiples of ALIGN)."""
     if length <= tile:
         return [(0, length)]
     n = math.ceil((length - overlap) / (tile - overlap))
-    # equal cores just large enough to cover with the overlap (ALIGN more for rounding the starts down)
+    # equal cores just large enough to cover with the overlap (plus ALIGN for rounding starts down)
     size = min(length, _up(math.ceil((length + (n - 1) * (overlap + ALIGN)) / n)))
-    starts = [i * (length - size) // (n - 1) // ALIGN * ALIGN for i in range(n)]
-    return [(s, s + size) for s in starts]
+    return [(s, s + size) for s in (i * (length - size) // (n - 1) // ALIGN * ALIGN for i in range(n))]
 
 
 def ramps(cores: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -105,8 +114,8 @@ def ramps(cores: list[tuple[int, int]]) -> list[torch.Tensor]:
 
 
 def owned(cores: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """A partition of [0, length) with one part inside each core: where each tile's pixels are
-    counted for the statistics, so every pixel is counted exactly once."""
+    """A partition of [0, length) with one part inside each core: where each tile's pixels count
+    for the statistics, so that every pixel counts exactly once."""
     cuts = [0] + [(cores[i][1] + cores[i + 1][0]) // 2 // ALIGN * ALIGN for i in range(len(cores) - 1)]
     return list(zip(cuts, cuts[1:] + [cores[-1][1]]))
 
@@ -120,6 +129,10 @@ class Window:
     own_y: tuple[int, int]  # rows this tile counts for the statistics
     own_x: tuple[int, int]
 
+    @property
+    def pixels(self) -> int:
+        return (self.y[1] - self.y[0]) * (self.x[1] - self.x[0])
+
 
 @dataclass
 class Plan:
@@ -129,81 +142,115 @@ class Plan:
     cols: list[tuple[int, int]]
     halo: int
 
-    def windows(self, row: int | None = None) -> Iterable[Window]:
-        own_r, own_c = owned(self.rows), owned(self.cols)
-        for i in ([row] if row is not None else range(len(self.rows))):
-            for j, c in enumerate(self.cols):
-                r = self.rows[i]
-                yield Window((max(0, r[0] - self.halo), min(self.height, r[1] + self.halo)),
-                             (max(0, c[0] - self.halo), min(self.width, c[1] + self.halo)),
-                             r, c, own_r[i], own_c[j])
+    def windows(self) -> list[Window]:
+        """Row by row, left to right."""
+        orow, ocol = owned(self.rows), owned(self.cols)
+        return [Window((max(0, r[0] - self.halo), min(self.height, r[1] + self.halo)),
+                       (max(0, c[0] - self.halo), min(self.width, c[1] + self.halo)), r, c, orow[i], ocol[j])
+                for i, r in enumerate(self.rows) for j, c in enumerate(self.cols)]
 
     @property
     def count(self) -> int:
         return len(self.rows) * len(self.cols)
 
-    @property
-    def computed_pixels(self) -> int:
-        return sum((w.y[1] - w.y[0]) * (w.x[1] - w.x[0]) for w in self.windows())
-
 
 def plan(height: int, width: int, tile: int, halo: int = HALO, overlap: int = OVERLAP) -> Plan:
-    """Tiles for a (height, width) image (before padding to multiples of ALIGN)."""
+    """Tiles for a (height, width) image (before its padding to multiples of ALIGN)."""
     h, w = _up(height), _up(width)
     tile = max(2 * ALIGN, _up(tile))
-    halo = _up(max(0, halo))
-    # ramps from both sides must fit in a core: the overlap is at most about a third of the tile
+    # the ramps from both sides of a core must fit in it: overlap at most about a third of the tile
     overlap = max(0, min(_up(overlap), tile // 3 // ALIGN * ALIGN))
-    return Plan(h, w, spans(h, tile, overlap), spans(w, tile, overlap), halo)
+    return Plan(h, w, spans(h, tile, overlap), spans(w, tile, overlap), _up(max(0, halo)))
 
 
-# -- running windows ---------------------------------------------------------------------------------
+# -- the network, one convolution at a time ---------------------------------------------------------
 
-class _Source:
-    """The image and its condition, cut into windows of the padded image on demand.
+class _Walker:
+    """Steps a TransformerNet one ConvNorm at a time with the network's own pieces (ConvNorm.convolve
+    and .finish, TransformerNet.head): unit k's convolution gives its pre-norm output z, `finish`
+    normalizes it into the next unit's input. x is the residual stream: a block's input, added back
+    after the block's second unit, as in ResidualBlock.forward."""
 
-    x stays where it is (usually uint8 on the CPU); a window is converted to float on the device
-    only when it runs. Padding to multiples of ALIGN is done per window, the same way as untiled.
-    """
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.units = [(m, "plain") for m in net.down]
+        self.units += [(u, role) for block in net.res for u, role in ((block.a, "a"), (block.b, "b"))]
+        self.units += [(m, "plain") for m in net.up]
 
-    def __init__(self, x: torch.Tensor, cond: Condition, device: torch.device, pad_mode: str):
-        self.x, self.cond, self.device, self.pad_mode = x, cond, device, pad_mode
-        self.h, self.w = x.shape[-2:]
+    def __len__(self):
+        return len(self.units)
 
-    def window(self, y: tuple[int, int], x: tuple[int, int]) -> tuple[torch.Tensor, Condition]:
-        (y0, y1), (x0, x1) = y, x
-        py, px = max(0, y1 - self.h), max(0, x1 - self.w)  # rows/cols in the padding
-        t = self.x[:, y0:y1 - py, x0:x1 - px][None].to(self.device)
-        t = t.float().div_(255) if t.dtype == torch.uint8 else t.float()
-        if py or px:
-            t = F.pad(t, (0, px, 0, py), mode=self.pad_mode)
-        styles = self.cond.styles
-        if styles is not None and styles.dim() == 4:
-            styles = styles[:, :, y0:y1 - py, x0:x1 - px].to(self.device)
-            if py or px:
-                styles = F.pad(styles, (0, px, 0, py), mode="replicate")
-        return t, Condition(styles, self.cond.strength)
+    def per_image(self, k: int) -> bool:
+        """Whether unit k normalizes with statistics of the image (instance, layer, group norm)."""
+        return isinstance(self.units[k][0].norm.stat, (InstanceStat, nn.GroupNorm))
+
+    def conv(self, k: int, h: torch.Tensor, x: torch.Tensor | None):
+        unit, role = self.units[k]
+        return unit.convolve(h), (h if role == "a" else x)
+
+    def finish(self, k: int, z: torch.Tensor, x: torch.Tensor | None, cond: Condition):
+        unit, role = self.units[k]
+        h = unit.finish(z, cond)
+        return (x + h, None) if role == "b" else (h, x)
+
+    def run(self, state, k: int | None, inp: Callable[[], torch.Tensor], cond: Condition):
+        """From `state` (j, z_j, x), left after unit j's convolution, or from the input when None, up
+        to unit k's convolution -> (k, z_k, x); with k None, to the end -> the output image."""
+        if state is None:
+            j, h, x = -1, inp(), None
+        else:
+            j, z, x = state
+            h, x = self.finish(j, z, x, cond)
+        for u in range(j + 1, len(self) if k is None else k + 1):
+            z, x = self.conv(u, h, x)
+            if u == k:
+                return k, z, x
+            h, x = self.finish(u, z, x, cond)
+        return self.net.head(inp(), h, cond)
 
 
-class _Stop(Exception):
-    """Ends a statistics pass once the last layer it measures has been seen."""
+class _Freezer:
+    """Freezes units at measured statistics; group/layer norms are swapped for an InstanceStat with
+    per-channel values for the duration (the same arithmetic and eps). `restore` undoes it all."""
 
+    def __init__(self, walker: _Walker, device):
+        self.walker, self.device, self.saved = walker, device, []
 
-def stat_norms(net: nn.Module) -> list[Norm]:
-    """The norms whose statistics are per image (instance, conditional, layer, group)."""
-    return [m for m in net.modules() if isinstance(m, Norm) and isinstance(m.stat, (InstanceStat, nn.GroupNorm))]
+    def freeze(self, k: int, mean: torch.Tensor, var: torch.Tensor):
+        norm = self.walker.units[k][0].norm
+        stat = norm.stat
+        if isinstance(stat, nn.GroupNorm):  # a group's moments are the averages of its channels'
+            g, c = stat.num_groups, mean.numel()
+            m = mean.view(g, -1).mean(1)
+            var = ((var + mean * mean).view(g, -1).mean(1) - m * m).repeat_interleave(c // g)
+            mean = m.repeat_interleave(c // g)
+        self.saved.append((norm, stat, getattr(stat, "frozen", None)))
+        if not isinstance(stat, InstanceStat):
+            norm.stat = InstanceStat(eps=stat.eps)
+        norm.stat.frozen = (mean.float().view(1, -1, 1, 1).to(self.device),
+                            var.float().view(1, -1, 1, 1).to(self.device))
+
+    def restore(self):
+        for norm, stat, frozen in reversed(self.saved):
+            norm.stat = stat
+            if isinstance(stat, InstanceStat):
+                stat.frozen = frozen
+        self.saved.clear()
 
 
 class _Meter:
-    """Per-channel mean and variance of a layer's input over the whole image, gathered from the
-    owned part of every window (float64 sums; per-window moments are exact float32 reductions)."""
+    """Per-channel mean and variance of a layer's input over the whole image, from the owned part of
+    every window: float64 sums of exact per-window float32 moments."""
 
     def __init__(self):
         self.n, self.s1, self.s2 = 0, 0.0, 0.0
 
-    def add(self, x: torch.Tensor):
-        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
-        n = x.shape[0] * x.shape[2] * x.shape[3]
+    def add(self, z: torch.Tensor, w: Window):
+        f = (w.y[1] - w.y[0]) // z.shape[-2]  # this layer's resolution: 1, 2 or 4 image pixels
+        z = z[:, :, (w.own_y[0] - w.y[0]) // f:(w.own_y[1] - w.y[0]) // f,
+              (w.own_x[0] - w.x[0]) // f:(w.own_x[1] - w.x[0]) // f]
+        var, mean = torch.var_mean(z.float(), dim=(0, 2, 3), correction=0)
+        n = z.shape[0] * z.shape[2] * z.shape[3]
         mean, var = mean.double().cpu(), var.double().cpu()
         self.n += n
         self.s1 = self.s1 + n * mean
@@ -214,169 +261,201 @@ class _Meter:
         return mean, (self.s2 / self.n - mean * mean).clamp_min(0)
 
 
-def _freeze_params(stat: nn.Module, mean: torch.Tensor, var: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel statistics -> what this layer normalizes with, shaped (1, C, 1, 1)."""
-    if isinstance(stat, nn.GroupNorm):  # a group's moments are the averages of its channels'
-        g = stat.num_groups
-        m = mean.view(g, -1).mean(1)
-        v = (var + mean * mean).view(g, -1).mean(1) - m * m
-        mean, var = m.repeat_interleave(mean.numel() // g), v.repeat_interleave(mean.numel() // g)
-    return mean.float().view(1, -1, 1, 1).to(device), var.float().view(1, -1, 1, 1).to(device)
+class _Store:
+    """Each window's state between phases: float16 (float32 if it would overflow) on the CPU, in
+    memory or, when it would not fit, in files of a temporary folder that goes away on close."""
+
+    def __init__(self, on_disk: bool):
+        self.entries: dict[int, tuple] = {}
+        self.dir = tempfile.TemporaryDirectory(prefix="stylize-tiles-") if on_disk else None
+
+    def _pack(self, key: str, t: torch.Tensor | None):
+        if t is None:
+            return None
+        small = t.abs().max().item() < 60000  # float16's range
+        a = t.to(torch.float16 if small else torch.float32).cpu().numpy()
+        if self.dir is None:
+            return a
+        path = Path(self.dir.name) / key
+        a.tofile(path)
+        return path, a.dtype, a.shape
+
+    def _unpack(self, v, device):
+        if v is None:
+            return None
+        if isinstance(v, tuple):
+            path, dtype, shape = v
+            v = np.fromfile(path, dtype=dtype).reshape(shape)
+        return torch.from_numpy(v).to(device).float()
+
+    def put(self, i: int, state):
+        k, z, x = state
+        self.entries[i] = (k, self._pack(f"{i}.z", z), self._pack(f"{i}.x", x))
+
+    def get(self, i: int, device):
+        if i not in self.entries:
+            return None
+        k, z, x = self.entries[i]
+        return k, self._unpack(z, device), self._unpack(x, device)
+
+    def close(self):
+        self.entries.clear()
+        if self.dir is not None:
+            self.dir.cleanup()
 
 
-class _Frozen:
-    """Freeze the given norms at the given statistics; group/layer norms are swapped for an
-    InstanceStat with per-channel values for the duration (the same arithmetic, same eps)."""
+# -- cutting the image -------------------------------------------------------------------------------
 
-    def __init__(self, norms: list[Norm], stats: dict[int, tuple[torch.Tensor, torch.Tensor]], device):
-        self.norms, self.stats, self.device, self.saved = norms, stats, device, []
+class _Source:
+    """The image and its condition, cut into windows of the padded image on demand.
 
-    def __enter__(self):
-        for i, norm in enumerate(self.norms):
-            if i not in self.stats:
-                continue
-            stat = norm.stat
-            frozen = _freeze_params(stat, *self.stats[i], self.device)
-            self.saved.append((norm, stat, getattr(stat, "frozen", None)))
-            if isinstance(stat, InstanceStat):
-                stat.frozen = frozen
-            else:
-                norm.stat = InstanceStat(eps=stat.eps)
-                norm.stat.frozen = frozen
-        return self
+    x stays where it is (usually uint8 on the CPU); a window becomes float on the device only when
+    it runs, padded to multiples of ALIGN the way the untiled path pads the whole image.
+    """
 
-    def __exit__(self, *exc):
-        for norm, stat, frozen in reversed(self.saved):
-            norm.stat = stat
-            if isinstance(stat, InstanceStat):
-                stat.frozen = frozen
+    def __init__(self, x: torch.Tensor, cond: Condition, device, pad_mode: str):
+        self.x, self.cond, self.device, self.pad_mode = x, cond, device, pad_mode
+        self.h, self.w = x.shape[-2:]
 
+    def image(self, w: Window) -> torch.Tensor:
+        (y0, y1), (x0, x1) = w.y, w.x
+        py, px = max(0, y1 - self.h), max(0, x1 - self.w)  # rows/cols in the padding
+        t = self.x[:, y0:y1 - py, x0:x1 - px][None].to(self.device)
+        t = t.float().div_(255) if t.dtype == torch.uint8 else t.float()
+        return F.pad(t, (0, px, 0, py), mode=self.pad_mode) if py or px else t
 
-def _measure(net, norms, src: _Source, windows: list[Window], frozen: dict, measure: list[int],
-             stop: int | None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """One statistics pass: run every window with `frozen` statistics, gathering the inputs of the
-    norms in `measure` over the owned regions; stop each window after norm `stop` has been seen."""
-    meters = {i: _Meter() for i in measure}
-    current: list[Window] = []
-
-    def hook(i):
-        def pre(module, args):
-            x, w = args[0], current[0]
-            f = (w.y[1] - w.y[0]) // x.shape[-2]  # this layer's resolution: 1, 2 or 4 px of the image
-            y0, y1 = (w.own_y[0] - w.y[0]) // f, (w.own_y[1] - w.y[0]) // f
-            x0, x1 = (w.own_x[0] - w.x[0]) // f, (w.own_x[1] - w.x[0]) // f
-            meters[i].add(x[:, :, y0:y1, x0:x1])
-            if i == stop:
-                raise _Stop
-        return pre
-
-    with _Frozen(norms, frozen, src.device):
-        handles = [norms[i].stat.register_forward_pre_hook(hook(i)) for i in measure]
-        try:
-            for w in windows:
-                current[:] = [w]
-                t, cond = src.window(w.y, w.x)
-                try:
-                    net(t, cond)
-                except _Stop:
-                    pass
-                del t
-        finally:
-            for h in handles:
-                h.remove()
-    return {i: m.result() for i, m in meters.items()}
+    def condition(self, w: Window) -> Condition:
+        styles = self.cond.styles
+        if styles is not None and styles.dim() == 4:  # spatial style weights: cut the same window
+            (y0, y1), (x0, x1) = w.y, w.x
+            py, px = max(0, y1 - self.h), max(0, x1 - self.w)
+            styles = styles[:, :, y0:y1 - py, x0:x1 - px].to(self.device)
+            if py or px:
+                styles = F.pad(styles, (0, px, 0, py), mode="replicate")
+        return Condition(styles, self.cond.strength)
 
 
-def _preview(x: torch.Tensor, cond: Condition, pixels: int, pad_mode: str) -> tuple[torch.Tensor, Condition]:
-    """A downscaled copy whose size is at most `pixels`, sides multiples of ALIGN (or the image)."""
+def _preview_source(x: torch.Tensor, cond: Condition, pixels: int, device, pad_mode: str) -> _Source:
+    """A downscaled copy of at most `pixels` pixels, sides multiples of ALIGN (stats="preview")."""
     h, w = x.shape[-2:]
     s = min(1.0, math.sqrt(pixels / (h * w)))
-    ph, pw = max(ALIGN, round(h * s) // ALIGN * ALIGN), max(ALIGN, round(w * s) // ALIGN * ALIGN)
-    # antialiased resize straight from uint8: no full-size float copy of a big image
-    if s == 1.0:  # it fits: the preview is the image itself, and its statistics are exact
-        return x, cond
-    small = F.interpolate(x[None], size=(ph, pw), mode="bilinear", antialias=True, align_corners=False)
-    styles = cond.styles
-    if styles is not None and styles.dim() == 4:
-        styles = F.interpolate(styles.float(), size=(ph, pw), mode="bilinear", antialias=True, align_corners=False)
-    return small[0], Condition(styles, cond.strength)
+    if s < 1.0:
+        size = (max(ALIGN, round(h * s) // ALIGN * ALIGN), max(ALIGN, round(w * s) // ALIGN * ALIGN))
+        x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        if cond.styles is not None and cond.styles.dim() == 4:
+            cond = Condition(F.interpolate(cond.styles.float(), size=size, mode="bilinear", antialias=True,
+                                           align_corners=False), cond.strength)
+    return _Source(x, cond, device, pad_mode)
 
 
-@torch.inference_mode()
-def image_stats(net, x: torch.Tensor, cond: Condition, p: Plan, device, *, stats: str = "refine",
-                refine: int = 1, preview_pixels: int = PREVIEW_PIXELS, pad_mode: str = "reflect",
-                ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Per-channel (mean, var) of every per-image norm's input over the whole image, by `stats`."""
-    norms = stat_norms(net)
-    if not norms:
-        return {}
-    everything = list(range(len(norms)))
-    src = _Source(x, cond, device, pad_mode)
-    windows = list(p.windows())
-    if stats == "exact":
-        found: dict = {}
-        for i in everything:  # layer i measured with every earlier layer frozen at its exact value
-            found.update(_measure(net, norms, src, windows, found, [i], stop=i))
-        return found
-    if stats not in ("preview", "refine"):
-        raise ValueError(f"unknown statistics method {stats!r}; choose one of {', '.join(STATS)}")
-    small, small_cond = _preview(x, cond, preview_pixels, pad_mode)
-    sh, sw = _up(small.shape[-2]), _up(small.shape[-1])  # padded as the untiled network pads
-    whole = Window((0, sh), (0, sw), (0, sh), (0, sw), (0, sh), (0, sw))
-    found = _measure(net, norms, _Source(small, small_cond, device, pad_mode), [whole], {}, everything, stop=None)
-    for _ in range(refine if stats == "refine" else 0):
-        found = _measure(net, norms, src, windows, found, everything, stop=everything[-1])
+# -- the passes ----------------------------------------------------------------------------------------
+
+def _phases(walker: _Walker, freezer: _Freezer, src: _Source, windows: list[Window], store: _Store | None,
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Measure and freeze, unit by unit, the statistics of every per-image norm over all windows.
+    With a store, each window keeps its state (when small enough) so the next phase goes on from it."""
+    found = {}
+    todo = [k for k in range(len(walker)) if walker.per_image(k)]
+    for step, k in enumerate(todo):
+        meter = _Meter()
+        for i, w in enumerate(windows):
+            state = store.get(i, src.device) if store is not None else None
+            state = walker.run(state, k, lambda: src.image(w), src.condition(w))
+            meter.add(state[1], w)
+            if store is not None and _small(state, w):
+                store.put(i, state)
+            del state
+        found[k] = meter.result()
+        freezer.freeze(k, *found[k])
+        if progress:
+            progress(step + 1, len(todo) + 1)
     return found
 
 
-@torch.inference_mode()
-def stylize_tiled(net, x: torch.Tensor, cond: Condition, tile: int, device, *, halo: int = HALO,
-                  overlap: int = OVERLAP, stats: str = "refine", refine: int = 1,
-                  preview_pixels: int = PREVIEW_PIXELS, pad_mode: str = "reflect",
-                  dtype: torch.dtype = torch.float32,
-                  found: dict | None = None) -> torch.Tensor:
-    """x: (3, H, W) uint8 or float in [0, 1], on the CPU -> (3, H, W) clamped to [0, 1] (float32) or
-    in [0, 255] (uint8). cond.styles: (1, N) weights or (1, N, H, W) maps; `found`: statistics
-    from image_stats to reuse (otherwise measured here)."""
-    h, w = x.shape[-2:]
-    p = plan(h, w, tile, halo, overlap)
-    if found is None:
-        found = image_stats(net, x, cond, p, device, stats=stats, refine=refine,
-                            preview_pixels=preview_pixels, pad_mode=pad_mode)
-    norms = stat_norms(net)
-    src = _Source(x, cond, device, pad_mode)
+def _small(state, w: Window) -> bool:
+    """Keep a state only at the coarse layers: at full resolution it would outweigh recomputing it."""
+    _, z, x = state
+    return z.numel() + (x.numel() if x is not None else 0) <= STATE_VALUES * w.pixels
+
+
+def _assemble(p: Plan, h: int, w: int, dtype: torch.dtype, tiles: Iterator[tuple[Window, torch.Tensor]]):
+    """Blend tiles (row by row, left to right) into an (3, h, w) image. Only one band of rows is
+    float32 at a time: a row is final, clamped and stored once the next band of tiles starts below it."""
     out = torch.empty((3, h, w), dtype=dtype)
     row_w, col_w = ramps(p.rows), ramps(p.cols)
+    row_index = {r: i for i, r in enumerate(p.rows)}
+    col_index = {c: j for j, c in enumerate(p.cols)}
+    acc, top, band = torch.zeros(3, 0, w), 0, None  # rows being summed; the image row acc starts at
 
-    def store(a: int, b: int, acc: torch.Tensor):  # rows [a, b) are final
-        acc = acc.clamp_(0, 1)
-        out[:, a:b] = acc.mul_(255).round_().to(dtype) if dtype == torch.uint8 else acc.to(dtype)
+    def store(rows: int):
+        nonlocal acc, top
+        done = acc[:, :rows].clamp_(0, 1)
+        out[:, top:top + rows] = done.mul_(255).round_().to(dtype) if dtype == torch.uint8 else done.to(dtype)
+        acc, top = acc[:, rows:].clone(), top + rows
 
-    carry = None  # rows shared with the previous band of tiles, partly summed
-    with _Frozen(norms, found, device):
-        for i, (r0, r1) in enumerate(p.rows):
-            acc = torch.zeros(3, min(r1, h) - r0, w)
-            if carry is not None:
-                acc[:, :carry.shape[1]] += carry
-            for win, wc in zip(p.windows(i), col_w):
-                t, c = src.window(win.y, win.x)
-                y = net(t, c)[0]
-                del t
-                (c0, c1), wr = win.core_x, row_w[i]
-                rows, cols = min(r1, h) - r0, min(c1, w) - c0
-                core = y[:, r0 - win.y[0]:r0 - win.y[0] + rows, c0 - win.x[0]:c0 - win.x[0] + cols].float().cpu()
-                weight = wr[:rows, None] * wc[None, :cols]
-                acc[:, :, c0:c0 + cols].addcmul_(core, weight)
-                del y, core
-            nxt = p.rows[i + 1][0] if i + 1 < len(p.rows) else h
-            store(r0, nxt, acc[:, :nxt - r0])
-            carry = acc[:, nxt - r0:].clone() if i + 1 < len(p.rows) else None
-            del acc
+    for win, y in tiles:
+        (r0, r1), (c0, c1) = win.core_y, win.core_x
+        if win.core_y != band:  # a new band of tiles: no tile from here on reaches the rows above it
+            band = win.core_y
+            store(r0 - top)
+            acc = torch.cat([acc, torch.zeros(3, min(r1, h) - top - acc.shape[1], w)], 1)
+        rows, cols = min(r1, h) - r0, min(c1, w) - c0
+        core = y[0, :, r0 - win.y[0]:r0 - win.y[0] + rows, c0 - win.x[0]:c0 - win.x[0] + cols].float().cpu()
+        weight = row_w[row_index[win.core_y]][:rows, None] * col_w[col_index[win.core_x]][None, :cols]
+        acc[:, r0 - top:r0 - top + rows, c0:c0 + cols].addcmul_(core, weight)
+        del y, core
+    store(acc.shape[1])
     return out
 
 
-def run_tiles(net, x: torch.Tensor, cond: Condition, tile: int, device, notice: Callable[[str], None] | None = None,
-              **kw) -> torch.Tensor:
+@torch.inference_mode()
+def stylize_tiled(net: nn.Module, x: torch.Tensor, cond: Condition, tile: int, device, *,
+                  halo: int = HALO, overlap: int = OVERLAP, stats: str = "exact",
+                  preview_pixels: int = PREVIEW_PIXELS, pad_mode: str = "reflect",
+                  dtype: torch.dtype = torch.float32, memory_mb: float | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Stylize x with a TransformerNet in tiles.
+
+    x: (3, H, W) uint8 or float in [0, 1], best on the CPU (windows go to `device` one at a time).
+    cond.styles: (1, N) weights or (1, N, H, W) maps (H, W as x). Returns (3, H, W) on the CPU,
+    clamped: float32 in [0, 1], or uint8 when dtype is uint8. `memory_mb`: the states kept between
+    phases stay in memory up to this size, else go to a temporary folder (None: always memory).
+    `progress(done, total)` is called after every pass over the tiles.
+    """
+    if stats not in STATS:
+        raise ValueError(f"unknown statistics method {stats!r}; choose one of {', '.join(STATS)}")
+    device = torch.device(device)
+    h, w = x.shape[-2:]
+    p = plan(h, w, tile, halo, overlap)
+    windows = p.windows()
+    src = _Source(x, cond, device, pad_mode)
+    walker, store = _Walker(net), None
+    freezer = _Freezer(walker, device)
+    try:
+        if stats == "preview":
+            small = _preview_source(x, cond, preview_pixels, device, pad_mode)
+            sh, sw = _up(small.h), _up(small.w)
+            _phases(walker, freezer, small, [Window((0, sh), (0, sw), (0, sh), (0, sw), (0, sh), (0, sw))],
+                    _Store(False))
+        else:
+            state_mb = STATE_VALUES * 2 * sum(win.pixels for win in windows) / 2**20  # float16
+            store = _Store(on_disk=memory_mb is not None and state_mb > memory_mb)
+            _phases(walker, freezer, src, windows, store, progress)
+        tiles = ((win, walker.run(store.get(i, device) if store else None, None, lambda: src.image(win),
+                                  src.condition(win)))
+                 for i, win in enumerate(windows))
+        result = _assemble(p, h, w, dtype, tiles)
+        if progress:
+            progress(1, 1)
+        return result
+    finally:
+        freezer.restore()
+        if store is not None:
+            store.close()
+
+
+def run_tiles(net: nn.Module, x: torch.Tensor, cond: Condition, tile: int, device,
+              notice: Callable[[str], None] | None = None, **kw) -> torch.Tensor:
     """stylize_tiled, halving the tile on a GPU out-of-memory error until it fits."""
     while True:
         try:
@@ -385,7 +464,6 @@ def run_tiles(net, x: torch.Tensor, cond: Condition, tile: int, device, notice: 
             if tile <= MIN_TILE:
                 raise
             tile = max(MIN_TILE, tile // 2 // ALIGN * ALIGN)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()
             if notice:
                 notice(f"out of GPU memory; retrying with tiles of {tile} px")

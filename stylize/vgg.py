@@ -68,12 +68,28 @@ class VGGFeatures(nn.Module):
         return out
 
 
+# Convolution widths per block of torchvision's VGG configurations D (VGG-16) and E (VGG-19).
+VGG_BLOCKS = {"vgg16": [[64] * 2, [128] * 2, [256] * 3, [512] * 3, [512] * 3],
+              "vgg19": [[64] * 2, [128] * 2, [256] * 4, [512] * 4, [512] * 4]}
+
+
+def vgg_features(arch: str, blocks: int = 5) -> nn.Sequential:
+    """torchvision's VGG `features` (same layer indices, so its state dicts load) without building the
+    120M-parameter classifier that torchvision.models.vgg16() would allocate only to be thrown away."""
+    layers, cin = [], 3
+    for b, widths in enumerate(VGG_BLOCKS[arch][:blocks]):
+        for w in widths:
+            layers += [nn.Conv2d(cin, w, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = w
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
 def _torchvision_vgg(arch: str):
     from torchvision import models  # imported here: torchvision is slow to import and apply never needs it
 
-    builder = {"vgg16": models.vgg16, "vgg19": models.vgg19}[arch]
     weights = {"vgg16": models.VGG16_Weights, "vgg19": models.VGG19_Weights}[arch].IMAGENET1K_V1
-    return builder(weights=None).features, weights.url
+    return vgg_features(arch), weights.url
 
 
 def _load_state(features: nn.Sequential, state: dict, source: str) -> None:
@@ -118,9 +134,7 @@ def random_features(arch: str = "vgg19", seed: int = RANDOM_SEED) -> tuple[nn.Se
     so its ReLU output has unit root-mean-square on a fixed smooth-noise image (a data-free version of
     LSUV, Mishkin & Matas 2016), so no layer's Gram matrix dominates the style loss by scale alone.
     """
-    from torchvision import models
-
-    features = {"vgg16": models.vgg16, "vgg19": models.vgg19}[arch](weights=None).features
+    features = vgg_features(arch)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 3, 16, 16, generator=g)
     x = nn.functional.interpolate(x, size=128, mode="bilinear", align_corners=False)
