@@ -98,6 +98,7 @@ def save_pil(im: Image.Image, path: str | Path, quality: int = 95) -> Path:
     options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part", dir=folder)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     except OSError as e:
         raise StylizeError(f"{folder}: cannot write there ({e.strerror})")
     try:
@@ -121,3 +122,9 @@ def save_image(x: torch.Tensor, path: str | Path, alpha: torch.Tensor | None = N
 def find_images(folder: str | Path) -> list[Path]:
     """Every image file below a folder (recursive), in a stable order."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

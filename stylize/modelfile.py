@@ -60,6 +60,7 @@ def save(obj: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -113,3 +114,9 @@ def describe(obj: dict) -> dict:
         "versions": obj.get("versions", {}),
         "checkpoint": "optimizer" in obj,
     }
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
