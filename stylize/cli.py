@@ -2,8 +2,10 @@
 command, so `stylize --help` starts fast. Every StylizeError becomes one line on stderr, exit 1."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -133,36 +135,85 @@ def apply(
     mask: Optional[Path] = typer.Option(None, help="Greyscale mask: white gets the first --style, black the second."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (one input only)."),
     out_dir: Path = typer.Option(A.out_dir, help="Output folder for several inputs; keeps sub-folders."),
-    max_size: Optional[int] = typer.Option(A.max_size, min=16, help="Downscale inputs whose longest side is larger."),
+    max_size: Optional[int] = typer.Option(A.max_size, min=16, help="Downscale inputs whose longest side is larger (default: keep the resolution)."),
+    tile: int = typer.Option(A.tile, min=0, help="Stylize in tiles of this side, px (0: only images over --memory); the result is the untiled one."),
+    memory: int = typer.Option(A.memory_mb, min=64, help="Working memory for the network, MB; larger images are tiled."),
     quality: int = typer.Option(A.quality, min=1, max=100, help="JPEG/WebP quality."),
-    skip_existing: bool = typer.Option(False, help="Skip inputs whose output already exists."),
+    skip_existing: bool = typer.Option(False, help="Skip inputs whose output already exists (to resume an interrupted batch)."),
     device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
 ):
-    """Stylize photos with a trained model."""
+    """Stylize photos with a trained model. Folders are searched recursively; a file that fails is
+    reported and the rest go on (exit 1 if any failed). Ctrl-C or kill stops cleanly; run again with
+    --skip-existing to finish."""
     _choice(device, DEVICES, "--device")
     if not 0.0 <= style_weight <= 1.0:
         raise StylizeError(f"--style-weight {style_weight}: must be between 0 and 1")
     from tqdm import tqdm
 
     from .color import COLOR_METHODS
-    from .inference import apply_files, expand_inputs, load_stylizer
+    from .inference import Interrupted, apply_files, expand_inputs, load_stylizer, output_paths
 
     _choice(color_method, COLOR_METHODS, "--color-method")
-    stylizer = load_stylizer(model, device, style_size)
-    total = len(expand_inputs(inputs))
-    with tqdm(total=total, unit="img", disable=total < 2, dynamic_ncols=True) as bar:
-        report = apply_files(stylizer, inputs, out, out_dir, style, style_weight, str(mask) if mask else None,
-                             max_size, quality, skip_existing, preserve_color,
-                             preserve_color and color_method == "match", progress=lambda src, dst: bar.update(1))
+    items = expand_inputs(inputs)
+    total = len(items)
+    tile_bar = None
+
+    def tile_progress(done: int, steps: int):  # one big photo in tiles: minutes on a CPU, so show them
+        nonlocal tile_bar
+        if total > 1:
+            return
+        if tile_bar is None:
+            tile_bar = tqdm(total=steps, desc="tiles", unit="tile", leave=False, dynamic_ncols=True)
+        tile_bar.update(done - tile_bar.n)
+        if done == steps:
+            tile_bar.close()
+            tile_bar = None
+
+    stylizer = load_stylizer(model, device, style_size, tile, memory, notice=lambda m: tqdm.write(m, file=sys.stderr),
+                             tile_progress=tile_progress)
+    # the bar counts the work to do, so its img/s is the real rate on a resumed run
+    existing = {p for p in output_paths(items, out, out_dir) if p.exists()} if skip_existing else set()
+    with tqdm(total=total - len(existing), unit="img", disable=total < 2, dynamic_ncols=True) as bar, \
+            _kill_as_interrupt():
+        try:
+            report = apply_files(stylizer, inputs, out, out_dir, style, style_weight, str(mask) if mask else None,
+                                 max_size, quality, skip_existing, preserve_color,
+                                 preserve_color and color_method == "match",
+                                 progress=lambda src, dst: dst in existing or bar.update(1))
+        except Interrupted as e:
+            report = e.report
     for src, why in report.failed:
         typer.echo(f"error: {why}", err=True)
+    done = len(report.written) + len(report.failed)
     if total == 1 and report.written:
         typer.echo(f"wrote {report.written[0]}")
     elif total > 1:
+        rate = f", {len(report.written) / report.seconds:.2f} img/s" if report.written and report.seconds else ""
         typer.echo(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed "
-                   f"in {report.seconds:.1f} s")
+                   f"in {report.seconds:.1f} s{rate}")
+    if report.interrupted:
+        left = total - done - len(report.skipped)
+        fail(f"interrupted with {left} left; nothing is half-written: run the same command with --skip-existing "
+             "to finish", 130)
     if report.failed:
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _kill_as_interrupt():
+    """A kill (SIGTERM) stops a batch the way Ctrl-C does: cleanly, finishing the file being written."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @app.command()

@@ -61,24 +61,44 @@ def open_image(path: str | Path) -> Image.Image:
         raise StylizeError(f"{path}: corrupt or truncated image ({e})")
 
 
-def load_image(path: str | Path, max_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """-> (3, H, W) float tensor in [0, 1] and (1, H, W) alpha or None, longest side <= max_size."""
+def _to_uint8_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any Pillow mode -> (H, W, 3) uint8 RGB and (H, W) uint8 alpha or None, without a float copy."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        rgb, _ = _to_float_rgb(im)
+        return (rgb * 255).round().astype(np.uint8), None
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    alpha = np.asarray(im.getchannel("A")) if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") else None
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), alpha
+
+
+def load_image(path: str | Path, max_size: int | None = None,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """-> (3, H, W) tensor and (1, H, W) alpha or None, longest side <= max_size: float in [0, 1], or
+    with dtype=torch.uint8 0-255 (a quarter of the memory, for big photos)."""
     im = open_image(path)
     if max_size and max(im.size) > max_size:
         s = max_size / max(im.size)
         size = (max(1, round(im.width * s)), max(1, round(im.height * s)))
         im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0) if im.mode not in ("I;16", "F") else im.resize(size)
-    rgb, alpha = _to_float_rgb(im)
-    x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-    a = torch.from_numpy(alpha)[None] if alpha is not None else None
+    rgb, alpha = _to_uint8_rgb(im) if dtype == torch.uint8 else _to_float_rgb(im)
+    del im  # Pillow's copy: a 48 MP photo is 190 MB
+    x = torch.from_numpy(rgb.transpose(2, 0, 1).copy())  # a copy: Pillow's arrays are read-only
+    a = torch.from_numpy(alpha.copy())[None] if alpha is not None else None
     return x, a
 
 
+def _as_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float in [0, 1] (clamped) or uint8 -> uint8."""
+    return x.detach() if x.dtype == torch.uint8 else (x.detach().float().clamp(0, 1) * 255).round_().to(torch.uint8)
+
+
 def to_pil(x: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
-    a = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    """(3, H, W) float in [0, 1] or uint8 (and (1, H, W) alpha, either kind) -> a Pillow image."""
+    a = _as_uint8(x).permute(1, 2, 0).cpu().numpy()
     im = Image.fromarray(a, "RGB")
     if alpha is not None:
-        im.putalpha(Image.fromarray((alpha[0].float().clamp(0, 1) * 255).round().byte().cpu().numpy(), "L"))
+        im.putalpha(Image.fromarray(_as_uint8(alpha[0]).cpu().numpy(), "L"))
     return im
 
 

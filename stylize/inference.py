@@ -5,7 +5,10 @@ Library only: progress goes through a callback and nothing is printed here.
 from __future__ import annotations
 
 import glob
+import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -13,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import modelfile
+from . import modelfile, tiling
 from .color import keep_luminance
 from .devices import pick_device
 from .errors import StylizeError
@@ -21,13 +24,21 @@ from .images import IMAGE_EXTENSIONS, SAVE_FORMATS, find_images, load_image, sav
 from .networks import NetConfig, TransformerNet
 from .norms import Condition
 
-from .settings import DEFAULT_MODEL
+from .settings import DEFAULT_MODEL, ApplyConfig
 
 
 class Stylizer:
-    """A loaded model, ready to stylize (3, H, W) tensors in [0, 1]."""
+    """A loaded model, ready to stylize (3, H, W) tensors in [0, 1] (or uint8) of any size.
 
-    def __init__(self, model: str | Path | dict = DEFAULT_MODEL, device: str = "auto"):
+    An image over the memory budget (`memory_mb` of working memory for the network), or any image
+    larger than `tile` when that is set, is stylized in tiles (tiling.py) with the untiled result. On
+    a GPU, running out of memory falls back to tiles by itself and says so through `notice`.
+    """
+
+    def __init__(self, model: str | Path | dict = DEFAULT_MODEL, device: str = "auto", tile: int | None = None,
+                 memory_mb: float = ApplyConfig.memory_mb, notice: Callable[[str], None] | None = None,
+                 tile_progress: Callable[[int, int], None] | None = None):
+        self.tile, self.memory_mb, self.notice, self.tile_progress = tile, memory_mb, notice, tile_progress
         self.record = model if isinstance(model, dict) else modelfile.load(model)
         if self.record.get("kind") != "transformer":
             raise StylizeError(f"{model}: model kind {self.record.get('kind')!r} is not supported by this version")
@@ -83,9 +94,17 @@ class Stylizer:
         raise StylizeError(f"model {self.name} has no style {name!r}; its styles: "
                            + ", ".join(f"{i}={s}" for i, s in enumerate(self.styles)))
 
+    def tile_size(self, memory_mb: float | None = None) -> int:
+        """The tile side that keeps one window of the network within the memory budget."""
+        pixels = tiling.budget_pixels(memory_mb or self.memory_mb, self.net.cfg.width)
+        return tiling.tile_for_pixels(pixels)
+
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, styles: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
-        """x: (3, H, W); styles: (N,) weights or (N, H, W) spatial weights; strength in [0, 1]."""
+    def __call__(self, x: torch.Tensor, styles: torch.Tensor | None = None, strength: float = 1.0,
+                 tile: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """x: (3, H, W) float in [0, 1] or uint8; styles: (N,) weights or (N, H, W) spatial weights;
+        strength in [0, 1]; tile: tile side in pixels (None: the Stylizer's; 0: only over the memory
+        budget). Returns (3, H, W) on the CPU: float in [0, 1], or uint8 with dtype=torch.uint8."""
         if not 0.0 <= strength <= 1.0:
             raise StylizeError(f"--style-weight {strength}: must be between 0 and 1")
         if strength != 1.0 and not self.record["net"].get("strength"):
@@ -94,17 +113,43 @@ class Stylizer:
         _, h, w = x.shape
         # two stride-2 convolutions: sizes must be multiples of 4; and at least 8 for the 9x9 reflection pad
         ph, pw = max(8, h + (-h) % 4) - h, max(8, w + (-w) % 4) - w
+        mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
+        s = torch.tensor([strength], device=self.device) if self.record["net"].get("strength") else None
+        tile = self.tile if tile is None else tile
+        over_budget = (h + ph) * (w + pw) > tiling.budget_pixels(self.memory_mb, self.net.cfg.width)
+        if (tile and max(h, w) > tile) or (not tile and over_budget):
+            return self._tiled(x, styles, s, tile or self.tile_size(), mode, dtype)
+        try:
+            return self._whole(x, styles, s, ph, pw, mode, dtype)
+        except torch.cuda.OutOfMemoryError:
+            pass  # tile outside this block: its traceback still holds the failed attempt's tensors
+        torch.cuda.empty_cache()
+        budget = self.memory_mb
+        if self.device.type == "cuda":  # another process may hold most of the card
+            budget = min(budget, torch.cuda.mem_get_info(self.device)[0] / 2**20 / 2)
+        tile = self.tile_size(budget)
+        if self.notice:
+            self.notice(f"out of GPU memory for {w}x{h} in one piece; stylizing it in tiles of {tile} px")
+        return self._tiled(x, styles, s, tile, mode, dtype)
+
+    def _whole(self, x, styles, s, ph: int, pw: int, mode: str, dtype: torch.dtype) -> torch.Tensor:
+        _, h, w = x.shape
         xb = x[None].to(self.device)
+        xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb
         if ph or pw:
-            mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
             xb = F.pad(xb, (0, pw, 0, ph), mode=mode)
         if styles is not None:
             styles = styles.to(self.device)[None]
             if styles.dim() == 4 and (ph or pw):
                 styles = F.pad(styles, (0, pw, 0, ph), mode="replicate")
-        s = torch.tensor([strength], device=self.device) if self.record["net"].get("strength") else None
-        y = self.net(xb, Condition(styles, s))
-        return y[0, :, :h, :w].clamp(0, 1).float().cpu()
+        y = self.net(xb, Condition(styles, s))[0, :, :h, :w].clamp_(0, 1)
+        return (y.mul_(255).round_().to(dtype) if dtype == torch.uint8 else y.float().contiguous()).cpu()
+
+    def _tiled(self, x, styles, s, tile: int, mode: str, dtype: torch.dtype) -> torch.Tensor:
+        if styles is not None:  # weights go to the device now; spatial maps stay here and go tile by tile
+            styles = styles[None].to(self.device) if styles.dim() == 1 else styles[None].cpu()
+        return tiling.run_tiles(self.net, x.cpu(), Condition(styles, s), tile, self.device, self.notice,
+                                pad_mode=mode, dtype=dtype, memory_mb=self.memory_mb, progress=self.tile_progress)
 
 
 class AdaINStylizer:
@@ -180,12 +225,14 @@ class AdaINStylizer:
         return y[0, :, :h, :w].clamp(0, 1).float().cpu()
 
 
-def load_stylizer(model: str | Path = DEFAULT_MODEL, device: str = "auto", style_size: int | None = 512):
-    """A Stylizer for transformer models or an AdaINStylizer for adaptive ones."""
+def load_stylizer(model: str | Path = DEFAULT_MODEL, device: str = "auto", style_size: int | None = 512,
+                  tile: int | None = None, memory_mb: float = ApplyConfig.memory_mb,
+                  notice: Callable[[str], None] | None = None, tile_progress: Callable[[int, int], None] | None = None):
+    """A Stylizer for transformer models or an AdaINStylizer for adaptive ones (which run untiled)."""
     record = modelfile.load(model)
     if record.get("kind") == "adain":
         return AdaINStylizer(record, device, style_size)
-    return Stylizer(record, device)
+    return Stylizer(record, device, tile, memory_mb, notice, tile_progress)
 
 
 def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
@@ -228,10 +275,10 @@ def output_paths(items: list[tuple[Path, Path]], out: Path | None, out_dir: Path
             suffix = rel.suffix.lower() if rel.suffix.lower() in SAVE_FORMATS else ".png"
             p = out_dir / rel.with_suffix(suffix)
             k = 2
-            while p in taken:  # same name from different places
+            while str(p).casefold() in taken:  # same name from different places (or only in case)
                 p = out_dir / rel.with_name(f"{rel.stem}_{k}{suffix}")
                 k += 1
-            taken.add(p)
+            taken.add(str(p).casefold())
             paths.append(p)
     inputs = {f.resolve() for f, _ in items}
     for p in paths:
@@ -246,33 +293,163 @@ class ApplyReport:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or a kill the CLI turns into one) during apply_files. Whatever was finished is in
+    `report`; no output is half-written, so a run with skip_existing does only what is missing."""
+
+    def __init__(self, report: ApplyReport):
+        super().__init__("interrupted")
+        self.report = report
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or isinstance(e, RuntimeError) and (
+        "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower())
+
+
+def _wait_all(futures) -> None:
+    """Wait for writes in progress even through another Ctrl-C: each takes moments, and waiting is
+    what guarantees that every output is whole or absent."""
+    while True:
+        try:
+            wait(futures)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _remove_stale_parts(paths: list[Path]) -> None:
+    """Temporary files of outputs that a killed run (SIGKILL, power cut) left in the middle of writing:
+    images.save_pil names them .<stem>.<random><suffix>.part beside the output."""
+    by_folder: dict[Path, list[Path]] = {}
+    for p in paths:
+        by_folder.setdefault(p.parent, []).append(p)
+    for folder, outs in by_folder.items():
+        if not folder.is_dir():
+            continue
+        names = {(f".{p.stem}.", f"{p.suffix}.part") for p in outs}
+        for f in folder.glob(".*.part"):
+            if any(f.name.startswith(a) and f.name.endswith(b) for a, b in names):
+                f.unlink(missing_ok=True)
 
 
 def apply_files(stylizer: Stylizer | AdaINStylizer, inputs: list[str], out: Path | None = None, out_dir: Path = Path("stylized"),
                 styles: list[str] | None = None, strength: float = 1.0, mask: str | None = None,
                 max_size: int | None = None, quality: int = 95, skip_existing: bool = False,
                 preserve_color: bool = False, match_color: bool = False,
-                progress: Callable[[Path, Path], None] | None = None) -> ApplyReport:
-    """Stylize every input; a file that fails is reported and the rest go on."""
+                progress: Callable[[Path, Path], None] | None = None, workers: int = 2) -> ApplyReport:
+    """Stylize every input; a file that fails (unreadable, corrupt, unwritable) is reported and the
+    rest go on. Failures are in input order.
+
+    A small pipeline keeps the network busy: `workers` threads read and decode the next images
+    while it runs, and as many encode and write finished ones (Pillow and torch release the GIL).
+    Photos over the memory budget are read, stylized and written one at a time, so a batch of huge
+    photos stays within about the memory of one. `progress(src, dst)` is called once per input,
+    serialized, possibly from a writer thread. On KeyboardInterrupt the images already stylized are
+    still written, then Interrupted is raised with the report.
+    """
     items = expand_inputs(inputs)
     paths = output_paths(items, out, out_dir)
     stylizer.condition(styles, match_color=match_color)  # bad styles fail before any file is read
-    report, t0 = ApplyReport(), time.perf_counter()
+    report, t0, lock = ApplyReport(), time.perf_counter(), threading.Lock()
+    order = {src: i for i, (src, _) in enumerate(items)}
+    tiled_net = isinstance(stylizer, Stylizer)  # takes uint8 photos and gives uint8 results
+    big = tiling.budget_pixels(stylizer.memory_mb, stylizer.net.cfg.width) if tiled_net else 1 << 62
+    workers = max(1, workers)
+
+    def done(src: Path, dst: Path, error: str | None = None):
+        with lock:
+            if error is None:
+                report.written.append(dst)
+            else:
+                report.failed.append((src, error))
+            if progress:
+                progress(src, dst)
+
+    _remove_stale_parts(paths)
+    todo = []
     for (src, _), dst in zip(items, paths):
         if skip_existing and dst.exists():
             report.skipped.append(dst)
+            if progress:
+                progress(src, dst)
         else:
+            todo.append((src, dst))
+
+    def read(src: Path):
+        x, alpha = load_image(src, max_size, torch.uint8 if tiled_net else torch.float32)
+        return x, alpha, load_mask(mask, tuple(x.shape[1:])) if mask is not None else None
+
+    def write(src: Path, dst: Path, y: torch.Tensor, alpha):
+        try:
+            save_image(y, dst, alpha, quality)
+            done(src, dst)
+        except StylizeError as e:
+            done(src, dst, str(e))
+
+    readers = ThreadPoolExecutor(workers, thread_name_prefix="stylize-read")
+    writers = ThreadPoolExecutor(workers, thread_name_prefix="stylize-write")
+    queue, reads, writes, ahead = iter(todo), deque(), deque(), workers + 1
+    try:
+        while True:
+            while len(reads) < ahead and (job := next(queue, None)) is not None:
+                reads.append((job, readers.submit(read, job[0])))
+            if not reads:
+                break
+            (src, dst), loading = reads.popleft()
             try:
-                x, alpha = load_image(src, max_size)
-                m = load_mask(mask, tuple(x.shape[1:])) if mask is not None else None
-                y = stylizer(x, stylizer.condition(styles, m, x, match_color), strength)
-                if preserve_color and not match_color:
-                    y = keep_luminance(y, x)
-                save_image(y, dst, alpha, quality)
-                report.written.append(dst)
+                x, alpha, m = loading.result()
             except StylizeError as e:
-                report.failed.append((src, str(e)))
-        if progress:
-            progress(src, dst)
+                done(src, dst, str(e))
+                continue
+            except Exception as e:  # Pillow raises more than it documents on broken files
+                done(src, dst, f"{src}: cannot read ({type(e).__name__}: {e})")
+                continue
+            huge = x.shape[1] * x.shape[2] > big
+            ahead = 1 if huge else workers + 1  # one huge photo in memory at a time, not a queue of them
+            try:
+                cond = stylizer.condition(styles, m, x, match_color)
+                if tiled_net:
+                    y = stylizer(x, cond, strength, dtype=torch.uint8)
+                else:
+                    y = stylizer(x, cond, strength)
+                if preserve_color and not match_color:
+                    y = keep_luminance(y.float() / 255 if y.dtype == torch.uint8 else y,
+                                       x.float() / 255 if x.dtype == torch.uint8 else x)
+            except StylizeError as e:
+                done(src, dst, str(e))
+                continue
+            except (MemoryError, RuntimeError) as e:
+                if not _out_of_memory(e):
+                    raise
+                done(src, dst, f"{src}: out of memory ({x.shape[2]}x{x.shape[1]}); try a smaller --memory or --max-size")
+                continue
+            del x
+            writes.append(writers.submit(write, src, dst, y, alpha))
+            del y, alpha
+            while len(writes) > (0 if huge else workers):  # back-pressure: finished images are memory too
+                writes[0].result()  # left in the queue until done, so an interrupt still waits for it
+                writes.popleft()
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        for _, loading in reads:
+            loading.cancel()
+        readers.shutdown(wait=False, cancel_futures=True)
+        _wait_all(writes)
+        writers.shutdown()
+    for f in writes:  # a write that raised more than a file's own failure (those are in the report)
+        if isinstance(f.exception(), KeyboardInterrupt):
+            report.interrupted = True
+        elif f.exception() is not None:
+            raise f.exception()
+    report.failed.sort(key=lambda f: order.get(f[0], 0))
+    position = {p: i for i, p in enumerate(paths)}
+    report.written.sort(key=lambda p: position.get(p, 0))
     report.seconds = time.perf_counter() - t0
+    if report.interrupted:
+        raise Interrupted(report)
     return report

@@ -51,7 +51,11 @@ class ApplyConfig:
     model: str = DEFAULT_MODEL
     style_weight: float = 1.0  # style strength in [0, 1]: 0 gives back the photo
     style_size: int = 512  # adaptive models: longest side of the style image when encoded
-    max_size: int | None = None  # downscale inputs whose longest side is larger
+    max_size: int | None = None  # downscale inputs whose longest side is larger (None: keep the resolution)
+    tile: int = 0  # tile side in pixels; 0: tile only images over the memory budget
+    # working memory for one pass of the network, MB; larger images are tiled (tiling.py). With 1024 an
+    # 8000x6000 photo peaks at 2.6 GB resident on a CPU (bench/tiling.py), and photos up to ~1 MP run whole
+    memory_mb: int = 1024
     out_dir: str = "stylized"
     quality: int = 95  # JPEG and WebP quality
     device: str = "auto"

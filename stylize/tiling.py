@@ -1,40 +1,47 @@
 """Tiled apply: stylize an image of any size in bounded memory, with the untiled result.
 
-Why a statistics pass. Instance norm (and layer and group norm) normalize every feature map with
-its mean and variance over the *whole image*. A tile run on its own uses its own statistics: a
-tile of sky gets the contrast of a busy one, a dark corner is brightened, and the tiles drift apart
-in brightness and stroke. So every such layer's per-channel statistics are measured over the whole
-image and frozen (`InstanceStat.frozen`) while the tiles run. Batch norm in eval mode uses running
-statistics and needs nothing.
+Why a statistics pass. Instance norm (and layer and group norm) normalize every feature map with its
+mean and variance over the *whole image*. A tile run on its own would use its own statistics: a tile
+of sky gets the contrast of a busy one, a dark corner is brightened, and the tiles drift apart in
+brightness and stroke. So every such layer's per-channel statistics are measured over the whole
+image and frozen (`InstanceStat.frozen`; group and layer norms are swapped for a frozen InstanceStat
+with per-channel values, the same arithmetic) while the tiles run. Batch norm in eval mode uses its
+running statistics and needs nothing.
 
-How the statistics are measured. A layer's statistics depend on the frozen statistics of every layer
-before it, and the network turned out far too sensitive for shortcuts (bench/tiling.py, 1024x768
-photos, tiles of 256, PSNR against the untiled output; a trained model and a random one agree):
-- from a downscaled copy (half the side): 19-31 dB; a quarter: 15-24 dB. Consistent across tiles
-  (no seams), but visibly not the untiled picture. Kept as stats="preview", the fast option;
-- the preview refined by passes over the tiles with the preview's statistics frozen: 13 dB after
-  one pass, 5 after two. The fixed-point iteration diverges; dropped;
-- exact, layer by layer ("exact", the default): >100 dB, i.e. the untiled result.
-Layer by layer naively means re-running every tile from the photo up to each of the 15 norms
-(~7x the network's cost). Instead the network is stepped one convolution at a time (`_Walker`):
-phase k runs every tile's convolution k from the state the tile kept after phase k-1, measures that
-layer's input over the whole image, then freezes it. The state kept between phases is the
-pre-norm output (and the residual stream) at a quarter or half resolution: 16 values per input
-pixel, stored as float16 in memory or, for big images, in a temporary folder. Total cost ~1.2x one
-pass; the float16 state costs nothing visible (see the bench).
+How they are measured: layer by layer, exactly. A layer's statistics depend on the frozen statistics
+of every layer before it, and the network is far too sensitive for shortcuts. Measured with
+bench/tiling.py and training checkpoints (1024x768 photos, tiles of 256, PSNR against untiled):
+- statistics of a downscaled copy: half the side 19-31 dB (the shipped model: 30.4), a quarter
+  15-24 dB. No seams, since every tile shares them, but visibly not the untiled picture. Kept as
+  stats="preview", a fast option of this module;
+- that preview refined by passes over the tiles with its statistics frozen: 13 dB after one pass,
+  5 after two; the fixed-point iteration diverges. Dropped;
+- exact, layer by layer (stats="exact", the default): 119 dB with the shipped model, i.e. the
+  untiled result to float rounding.
+Layer by layer naively means running every tile from the photo up to each of the 15 norms in turn
+(~7x the cost of the image). Instead `_Walker` steps the network one convolution at a time: phase k
+runs every tile's convolution k from the state the tile kept after phase k-1, gathers that layer's
+input over the whole image, then freezes its statistics. The state kept between phases is the
+pre-norm output and the residual stream at quarter or half resolution (16 values per window pixel;
+the full-resolution first layer is recomputed instead): float32 in memory, or float16 in a temporary
+folder when it would outgrow the memory budget (92 dB: still invisible). Cost against untiled,
+2048x1536 on CPU: 1.10x (states in memory), 1.15x (on disk).
 
 How tiles fit together.
 - Every tile runs with HALO pixels of real image around it, cut off afterwards: reflection padding at
-  a cut edge is not the image. Measured with exact statistics: halo 16 -> 68 dB, 24 -> 87 dB,
-  32 -> 106 dB, 48 -> 162 dB (float rounding), so 32 is plenty.
-- Neighbouring tiles overlap by about OVERLAP pixels and are blended with linear ramps that sum to
-  one (feathering), so whatever difference is left fades across the overlap instead of showing as
-  a line.
+  a cut edge is not the image. With exact statistics: halo 16 -> 68-76 dB, 24 -> 87-100 dB, 32 ->
+  106-119 dB, 48 -> float rounding (trained checkpoint); random untrained networks reach 50-57 dB at
+  32. So HALO = 32.
+- The image is cut into nearly equal parts on a grid of 4 px; each tile is its part widened by
+  OVERLAP/2 across every inner cut, and the overlaps are blended with linear ramps that sum to one
+  (feathering), so any difference left fades across the overlap instead of showing as a line.
+  Each part is also where that tile's pixels count for the statistics: every pixel counts once.
 - Tile corners fall on multiples of 4, so the two stride-2 convolutions and the two upsamplings see
-  the same grid as in the whole image, which is padded to multiples of 4 the same way.
+  the same grid as in the whole image, padded to multiples of 4 the way the untiled path pads it.
 
-Memory: the input stays uint8 on the CPU (windows are converted one at a time); the output is
-accumulated in float32 one band of tiles at a time and stored as soon as no later tile touches it.
+Memory: the input stays uint8 on the CPU and a window becomes float on the device only when it runs;
+the output is summed in float32 one band of tiles at a time and stored as soon as no later tile
+touches it. An 8000x6000 photo peaks at 2.6 GB resident on a CPU, in 63 tiles (bench/tiling.py).
 """
 from __future__ import annotations
 
@@ -86,15 +93,16 @@ def _up(n: int, a: int = ALIGN) -> int:
 
 # -- geometry ----------------------------------------------------------------------------------------
 
-def spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Cores [start, end) of equal size covering [0, length), starts on multiples of ALIGN,
-    neighbours overlapping by at least `overlap` (all three multiples of ALIGN)."""
+def spans(length: int, tile: int, half: int) -> list[tuple[int, int]]:
+    """Cores of at most `tile` covering [0, length): [0, length) cut into nearly equal parts on the
+    ALIGN grid, each widened by `half` across every inner cut, so neighbours overlap by 2 * half
+    around the cut and never three at a time (parts are at least 2 * half long; plan() sees to it)."""
     if length <= tile:
         return [(0, length)]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    # equal cores just large enough to cover with the overlap (plus ALIGN for rounding starts down)
-    size = min(length, _up(math.ceil((length + (n - 1) * (overlap + ALIGN)) / n)))
-    return [(s, s + size) for s in (i * (length - size) // (n - 1) // ALIGN * ALIGN for i in range(n))]
+    blocks, per = length // ALIGN, (tile - 2 * half) // ALIGN
+    n = math.ceil(blocks / per)
+    cuts = [i * blocks // n * ALIGN for i in range(n + 1)]
+    return [(max(0, cuts[i] - half), min(length, cuts[i + 1] + half)) for i in range(n)]
 
 
 def ramps(cores: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -114,8 +122,8 @@ def ramps(cores: list[tuple[int, int]]) -> list[torch.Tensor]:
 
 
 def owned(cores: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """A partition of [0, length) with one part inside each core: where each tile's pixels count
-    for the statistics, so that every pixel counts exactly once."""
+    """The parts spans() cut [0, length) into (the middles of the overlaps), one inside each core:
+    where each tile's pixels count for the statistics, so that every pixel counts exactly once."""
     cuts = [0] + [(cores[i][1] + cores[i + 1][0]) // 2 // ALIGN * ALIGN for i in range(len(cores) - 1)]
     return list(zip(cuts, cuts[1:] + [cores[-1][1]]))
 
@@ -156,11 +164,12 @@ class Plan:
 
 def plan(height: int, width: int, tile: int, halo: int = HALO, overlap: int = OVERLAP) -> Plan:
     """Tiles for a (height, width) image (before its padding to multiples of ALIGN)."""
-    h, w = _up(height), _up(width)
+    h, w = max(8, _up(height)), max(8, _up(width))  # padded as the untiled network pads (inference.py)
     tile = max(2 * ALIGN, _up(tile))
-    # the ramps from both sides of a core must fit in it: overlap at most about a third of the tile
-    overlap = max(0, min(_up(overlap), tile // 3 // ALIGN * ALIGN))
-    return Plan(h, w, spans(h, tile, overlap), spans(w, tile, overlap), _up(max(0, halo)))
+    # half the overlap on each side of a cut, on the grid; at most a sixth of the tile, so that
+    # only neighbours overlap (checked for every size in tests/test_tiling.py)
+    half = min(max(0, overlap) // (2 * ALIGN) * ALIGN, tile // (6 * ALIGN) * ALIGN)
+    return Plan(h, w, spans(h, tile, half), spans(w, tile, half), _up(max(0, halo)))
 
 
 # -- the network, one convolution at a time ---------------------------------------------------------
@@ -262,20 +271,22 @@ class _Meter:
 
 
 class _Store:
-    """Each window's state between phases: float16 (float32 if it would overflow) on the CPU, in
-    memory or, when it would not fit, in files of a temporary folder that goes away on close."""
+    """Each window's state between phases, on the CPU: float32 in memory or, when that would not
+    fit, float16 (float32 where it would overflow) in files of a temporary folder removed on close."""
 
     def __init__(self, on_disk: bool):
         self.entries: dict[int, tuple] = {}
+        self.given: dict[int, torch.Tensor | None] = {}  # the stream handed out by get(), per window
         self.dir = tempfile.TemporaryDirectory(prefix="stylize-tiles-") if on_disk else None
 
     def _pack(self, key: str, t: torch.Tensor | None):
         if t is None:
             return None
-        small = t.abs().max().item() < 60000  # float16's range
-        a = t.to(torch.float16 if small else torch.float32).cpu().numpy()
         if self.dir is None:
-            return a
+            return t.float().cpu().numpy()
+        lo, hi = torch.aminmax(t)
+        small = max(-lo.item(), hi.item()) < 60000  # float16's range
+        a = t.to(torch.float16 if small else torch.float32).cpu().numpy()
         path = Path(self.dir.name) / key
         a.tofile(path)
         return path, a.dtype, a.shape
@@ -290,16 +301,25 @@ class _Store:
 
     def put(self, i: int, state):
         k, z, x = state
-        self.entries[i] = (k, self._pack(f"{i}.z", z), self._pack(f"{i}.x", x))
+        given = self.given.pop(i, None)  # (and let go of it: a big photo has many windows)
+        if x is not None and x is given:  # the stream went through unchanged (unit b):
+            xs = self.entries[i][2]  # keep what is stored rather than write it again
+        else:
+            xs = self._pack(f"{i}.x", x)
+        self.entries[i] = (k, self._pack(f"{i}.z", z), xs)
 
     def get(self, i: int, device):
         if i not in self.entries:
             return None
         k, z, x = self.entries[i]
-        return k, self._unpack(z, device), self._unpack(x, device)
+        state = k, self._unpack(z, device), self._unpack(x, device)
+        if state[2] is not None:
+            self.given[i] = state[2]
+        return state
 
     def close(self):
         self.entries.clear()
+        self.given.clear()
         if self.dir is not None:
             self.dir.cleanup()
 
@@ -351,12 +371,12 @@ def _preview_source(x: torch.Tensor, cond: Condition, pixels: int, device, pad_m
 # -- the passes ----------------------------------------------------------------------------------------
 
 def _phases(walker: _Walker, freezer: _Freezer, src: _Source, windows: list[Window], store: _Store | None,
-            progress: Callable[[int, int], None] | None = None) -> dict:
+            tick: Callable[[], None] = lambda: None) -> dict:
     """Measure and freeze, unit by unit, the statistics of every per-image norm over all windows.
     With a store, each window keeps its state (when small enough) so the next phase goes on from it."""
     found = {}
     todo = [k for k in range(len(walker)) if walker.per_image(k)]
-    for step, k in enumerate(todo):
+    for k in todo:
         meter = _Meter()
         for i, w in enumerate(windows):
             state = store.get(i, src.device) if store is not None else None
@@ -365,10 +385,11 @@ def _phases(walker: _Walker, freezer: _Freezer, src: _Source, windows: list[Wind
             if store is not None and _small(state, w):
                 store.put(i, state)
             del state
+            tick()
         found[k] = meter.result()
         freezer.freeze(k, *found[k])
-        if progress:
-            progress(step + 1, len(todo) + 1)
+        if store is not None:
+            store.given.clear()
     return found
 
 
@@ -387,18 +408,18 @@ def _assemble(p: Plan, h: int, w: int, dtype: torch.dtype, tiles: Iterator[tuple
     col_index = {c: j for j, c in enumerate(p.cols)}
     acc, top, band = torch.zeros(3, 0, w), 0, None  # rows being summed; the image row acc starts at
 
-    def store(rows: int):
-        nonlocal acc, top
+    def store(rows: int):  # acc's first rows are final: clamp and store them
         done = acc[:, :rows].clamp_(0, 1)
         out[:, top:top + rows] = done.mul_(255).round_().to(dtype) if dtype == torch.uint8 else done.to(dtype)
-        acc, top = acc[:, rows:].clone(), top + rows
 
     for win, y in tiles:
         (r0, r1), (c0, c1) = win.core_y, win.core_x
         if win.core_y != band:  # a new band of tiles: no tile from here on reaches the rows above it
             band = win.core_y
             store(r0 - top)
-            acc = torch.cat([acc, torch.zeros(3, min(r1, h) - top - acc.shape[1], w)], 1)
+            nxt = torch.zeros(3, min(r1, h) - r0, w)
+            nxt[:, :acc.shape[1] - (r0 - top)] = acc[:, r0 - top:]  # the overlap, partly summed
+            acc, top = nxt, r0
         rows, cols = min(r1, h) - r0, min(c1, w) - c0
         core = y[0, :, r0 - win.y[0]:r0 - win.y[0] + rows, c0 - win.x[0]:c0 - win.x[0] + cols].float().cpu()
         weight = row_w[row_index[win.core_y]][:rows, None] * col_w[col_index[win.core_x]][None, :cols]
@@ -420,7 +441,7 @@ def stylize_tiled(net: nn.Module, x: torch.Tensor, cond: Condition, tile: int, d
     cond.styles: (1, N) weights or (1, N, H, W) maps (H, W as x). Returns (3, H, W) on the CPU,
     clamped: float32 in [0, 1], or uint8 when dtype is uint8. `memory_mb`: the states kept between
     phases stay in memory up to this size, else go to a temporary folder (None: always memory).
-    `progress(done, total)` is called after every pass over the tiles.
+    `progress(done, total)` counts windows run, over all passes.
     """
     if stats not in STATS:
         raise ValueError(f"unknown statistics method {stats!r}; choose one of {', '.join(STATS)}")
@@ -431,23 +452,32 @@ def stylize_tiled(net: nn.Module, x: torch.Tensor, cond: Condition, tile: int, d
     src = _Source(x, cond, device, pad_mode)
     walker, store = _Walker(net), None
     freezer = _Freezer(walker, device)
+    passes = 1 + (sum(map(walker.per_image, range(len(walker)))) if stats == "exact" else 0)
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        if progress:
+            progress(done[0], passes * len(windows))
+
     try:
         if stats == "preview":
             small = _preview_source(x, cond, preview_pixels, device, pad_mode)
-            sh, sw = _up(small.h), _up(small.w)
+            sh, sw = max(8, _up(small.h)), max(8, _up(small.w))  # padded as the untiled path pads
             _phases(walker, freezer, small, [Window((0, sh), (0, sw), (0, sh), (0, sw), (0, sh), (0, sw))],
                     _Store(False))
         else:
-            state_mb = STATE_VALUES * 2 * sum(win.pixels for win in windows) / 2**20  # float16
+            state_mb = STATE_VALUES * 4 * sum(win.pixels for win in windows) / 2**20  # float32
             store = _Store(on_disk=memory_mb is not None and state_mb > memory_mb)
-            _phases(walker, freezer, src, windows, store, progress)
-        tiles = ((win, walker.run(store.get(i, device) if store else None, None, lambda: src.image(win),
-                                  src.condition(win)))
-                 for i, win in enumerate(windows))
-        result = _assemble(p, h, w, dtype, tiles)
-        if progress:
-            progress(1, 1)
-        return result
+            _phases(walker, freezer, src, windows, store, tick)
+
+        def tiles():
+            for i, win in enumerate(windows):
+                yield win, walker.run(store.get(i, device) if store else None, None, lambda: src.image(win),
+                                      src.condition(win))
+                tick()
+
+        return _assemble(p, h, w, dtype, tiles())
     finally:
         freezer.restore()
         if store is not None:
@@ -463,7 +493,8 @@ def run_tiles(net: nn.Module, x: torch.Tensor, cond: Condition, tile: int, devic
         except torch.cuda.OutOfMemoryError:
             if tile <= MIN_TILE:
                 raise
-            tile = max(MIN_TILE, tile // 2 // ALIGN * ALIGN)
-            torch.cuda.empty_cache()
-            if notice:
-                notice(f"out of GPU memory; retrying with tiles of {tile} px")
+        # retried out here: inside the except block its traceback would still hold the failed tensors
+        tile = max(MIN_TILE, tile // 2 // ALIGN * ALIGN)
+        torch.cuda.empty_cache()
+        if notice:
+            notice(f"out of GPU memory; retrying with tiles of {tile} px")
