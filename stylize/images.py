@@ -6,9 +6,7 @@ interrupted run never leaves a half-written image and an input is never overwrit
 """
 from __future__ import annotations
 
-import os
 import warnings
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import StylizeError
+from .files import atomic_write
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
 SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP",
@@ -117,22 +116,9 @@ def save_pil(im: Image.Image, path: str | Path, quality: int = 95) -> Path:
         im = im.convert("RGB")  # these formats have no alpha
     options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".part", dir=folder)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
+        return atomic_write(path, lambda f: im.save(f, format=fmt, **options), f".{path.stem}.", path.suffix + ".part")
     except OSError as e:
-        raise StylizeError(f"{folder}: cannot write there ({e.strerror})")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format=fmt, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise StylizeError(f"{path}: cannot write ({e.strerror or e})")
-        raise
-    return path
+        raise StylizeError(f"{path}: cannot write ({e.strerror or e})")
 
 
 def save_image(x: torch.Tensor, path: str | Path, alpha: torch.Tensor | None = None, quality: int = 95) -> Path:
@@ -143,8 +129,3 @@ def find_images(folder: str | Path) -> list[Path]:
     """Every image file below a folder (recursive), in a stable order."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

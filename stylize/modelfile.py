@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import StylizeError
+from .files import atomic_write
 
 FORMAT = "stylize-model"
 VERSION = 1
@@ -59,18 +59,7 @@ def save(obj: dict, path: str | Path) -> Path:
     """Write atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f), f".{path.name}.", ".part")
 
 
 def load(path: str | Path) -> dict:
@@ -115,8 +104,3 @@ def describe(obj: dict) -> dict:
         "checkpoint": "optimizer" in obj,
     }
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
