@@ -47,6 +47,8 @@ def main():
     ap.add_argument("--loss-net", default="random")
     ap.add_argument("--photos", type=int, default=8, help="held-out photos to evaluate on")
     ap.add_argument("--eval-size", type=int, default=192, help="longest side of held-out photos")
+    ap.add_argument("--singles", help="comma-separated style names to train single-style models for "
+                    "(default: every style; fewer when time is short)")
     args = ap.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,9 @@ def main():
         return Stylizer(path, "cpu")
 
     cin = fit("cin", args.style)
-    singles = {Path(s).stem: fit(f"single_{Path(s).stem}", [s]) for s in args.style}
+    chosen = set(args.singles.split(",")) if args.singles else {Path(s).stem for s in args.style}
+    singles = {Path(s).stem: fit(f"single_{Path(s).stem}", [s]) for s in args.style if Path(s).stem in chosen}
+    names = [Path(s).stem for s in args.style]
 
     cfg = TrainConfig(loss_net=args.loss_net)
     loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers),
@@ -73,7 +77,8 @@ def main():
     photos = [load_image(p, args.eval_size)[0] for p in find_images(args.heldout)[: args.photos]]
 
     rows = []
-    for i, name in enumerate(singles):
+    for name in singles:
+        i = names.index(name)
         for label, model, weights in (("cin", cin, cin.style_weights([name])), ("single", singles[name], None)):
             c = s = 0.0
             for x in photos:
@@ -84,7 +89,7 @@ def main():
 
     strengths = [0.0, 0.25, 0.5, 0.75, 1.0]
     curve, monotone, psnr0 = {}, True, []
-    for name in singles:
+    for name in names:
         w = cin.style_weights([name])
         per_photo = []
         for x in photos:
@@ -94,7 +99,7 @@ def main():
             psnr0.append(psnr(cin(x, w, 0.0), x))
         curve[name] = [round(sum(p[k] for p in per_photo) / len(per_photo), 4) for k in range(len(strengths))]
 
-    sheet = contact_sheet(cin, photos[0], list(singles), strengths)
+    sheet = contact_sheet(cin, photos[0], names, strengths)
     sheet.save(out / "cin_strengths.jpg", quality=92)
     report = {"settings": common, "train_seconds": timings, "losses": rows, "strengths": strengths,
               "distance_from_photo": curve, "monotone_on_every_photo": monotone,

@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from .errors import StylizeError
-from .settings import DEVICES, LOSS_NETS, NORMS, STYLE_LOSSES, ApplyConfig, TrainConfig
+from .settings import DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fast neural style transfer: train style networks and apply them to photos.")
@@ -62,7 +62,7 @@ def train(
     width: int = typer.Option(T.width, help="Channels of the first layer (32 as in Johnson et al.; 16 is faster)."),
     strength: bool = typer.Option(T.strength, help="Train for every style strength (enables apply --style-weight)."),
     iterations: int = typer.Option(T.iterations, min=1),
-    batch_size: int = typer.Option(T.batch_size, min=1),
+    batch_size: int = typer.Option(T.batch_size, min=1, help="Photos per iteration; under torchrun, per process."),
     image_size: int = typer.Option(T.image_size, min=16, help="Side of the square training crops."),
     style_size: int = typer.Option(T.style_size, min=16, help="Longest side of the style image for its statistics."),
     content_weight: float = typer.Option(T.content_weight, min=0),
@@ -78,6 +78,8 @@ def train(
     checkpoint_every: int = typer.Option(T.checkpoint_every, min=0, help="Iterations between checkpoints (0: only at the end)."),
     sample_every: int = typer.Option(T.sample_every, min=1, help="Iterations between sample grids."),
     workers: int = typer.Option(T.workers, help="Data loader processes (-1: 4 on CUDA, 0 on CPU)."),
+    levers: str = typer.Option(T.levers, help="Speed levers: auto (every one but compile on CUDA, none "
+                               "elsewhere), none, all, or names such as bf16,channels_last (see stylize/speed.py)."),
     resume: Optional[Path] = typer.Option(None, help="Checkpoint to continue (its settings are used; --iterations may extend it)."),
 ):
     """Train a style network on photos with a perceptual loss."""
@@ -87,6 +89,7 @@ def train(
     _choice(device, DEVICES, "--device")
     from tqdm import tqdm
 
+    from .distributed import Shard
     from .training import Interrupted, train as run
 
     cfg = TrainConfig(style=[str(s) for s in style], content=str(content) if content else None, out=str(out),
@@ -95,7 +98,7 @@ def train(
                       style_weight=style_weight, tv_weight=tv_weight, pixel_weight=pixel_weight, lr=lr,
                       loss_net=loss_net, vgg_weights=str(vgg_weights) if vgg_weights else None,
                       style_loss=style_loss, device=device, seed=seed, checkpoint_every=checkpoint_every,
-                      sample_every=sample_every, workers=workers)
+                      sample_every=sample_every, workers=workers, levers=levers)
     bar = None
 
     def progress(p):
@@ -104,29 +107,34 @@ def train(
             bar = tqdm(total=p.iterations, initial=p.iteration - 1, unit="it", dynamic_ncols=True)
         if p.event == "step":
             bar.update(1)
-            shown = {k: f"{p.losses[k]:.3g}" for k in ("total", "content", "style", "tv")}
+            shown = {k: f"{p.losses[k]:.3g}" for k in ("total", "content", "style", "tv") if k in p.losses}  # a
+            # batch of only unreadable photos has a total (nan) alone
             if p.skipped:
                 shown["skipped"] = p.skipped
             bar.set_postfix(shown, refresh=False)
         else:
             bar.write(f"{p.event} {p.path}")
 
+    lead = Shard.from_env().lead  # under torchrun the first process speaks for the run
     try:
         path = run(cfg, progress, resume=resume)
     except Interrupted as e:
         if bar:
             bar.close()
+        if not lead:
+            raise typer.Exit(130)
         fail(f"{e}; continue with: stylize train --style {style[0]} --resume {e.checkpoint}", 130)
     if bar:
         bar.close()
-    typer.echo(f"wrote {path} (run files in {Path(path).with_name(Path(path).stem + '_run')})")
+    if lead:
+        typer.echo(f"wrote {path} (run files in {Path(path).with_name(Path(path).stem + '_run')})")
 
 
 @app.command()
 @clean_errors
 def apply(
     inputs: List[str] = typer.Argument(..., help="Photos, folders (recursive) or globs."),
-    model: str = typer.Option(A.model, "--model", "-m", help="Model name (see `stylize models`) or file."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model name (see `stylize models`) or file [default: {A.model}, or {DEFAULT_ADAPTIVE_MODEL} when --style is an image]."),
     style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="A style of the model (name or index), or a style image for adaptive models; NAME=W mixes."),
     style_weight: float = typer.Option(A.style_weight, help="Style strength in [0, 1]; 0 gives back the photo (adaptive: the paper's alpha)."),
     style_size: int = typer.Option(A.style_size, min=16, help="Adaptive models: longest side the style image is encoded at (scales the strokes)."),
@@ -141,21 +149,32 @@ def apply(
     quality: int = typer.Option(A.quality, min=1, max=100, help="JPEG/WebP quality."),
     skip_existing: bool = typer.Option(False, help="Skip inputs whose output already exists (to resume an interrupted batch)."),
     device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
+    runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx (ONNX Runtime, faster), torch, or auto (onnx where it covers the request)."),
 ):
     """Stylize photos with a trained model. Folders are searched recursively; a file that fails is
     reported and the rest go on (exit 1 if any failed). Ctrl-C or kill stops cleanly; run again with
     --skip-existing to finish."""
     _choice(device, DEVICES, "--device")
+    _choice(runtime, RUNTIMES, "--runtime")
+    if model is None:  # a painting as --style means an adaptive model
+        from .images import IMAGE_EXTENSIONS
+        from .mixing import style_image
+
+        paintings = style and any(Path(style_image(s)[0]).suffix.lower() in IMAGE_EXTENSIONS for s in style)
+        model = DEFAULT_ADAPTIVE_MODEL if paintings else A.model
+    _choice(color_method, ("luminance", "match"), "--color-method")  # color.COLOR_METHODS, without torch
     if not 0.0 <= style_weight <= 1.0:
         raise StylizeError(f"--style-weight {style_weight}: must be between 0 and 1")
     from tqdm import tqdm
 
-    from .color import COLOR_METHODS
-    from .inference import Interrupted, apply_files, expand_inputs, load_stylizer, output_paths
+    from .distributed import Shard
+    from .pipeline import Interrupted, apply_files, expand_inputs, output_paths
 
-    _choice(color_method, COLOR_METHODS, "--color-method")
+    shard = Shard.from_env()  # under torchrun: every N-th input, on this process's own GPU
+    shard.use_gpu()
     items = expand_inputs(inputs)
     total = len(items)
+    mine = len(range(shard.rank, total, shard.world))
     tile_bar = None
 
     def tile_progress(done: int, steps: int):  # one big photo in tiles: minutes on a CPU, so show them
@@ -169,17 +188,26 @@ def apply(
             tile_bar.close()
             tile_bar = None
 
-    stylizer = load_stylizer(model, device, style_size, tile, memory, notice=lambda m: tqdm.write(m, file=sys.stderr),
-                             tile_progress=tile_progress)
+    notice = functools.partial(tqdm.write, file=sys.stderr)
+
+    def torch_stylizer():
+        from .inference import load_stylizer
+
+        return load_stylizer(model, device, style_size, tile, memory, notice=notice, tile_progress=tile_progress)
+
+    stylizer = _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, style_size, memory,
+                              notice, torch_stylizer) or torch_stylizer()
     # the bar counts the work to do, so its img/s is the real rate on a resumed run
-    existing = {p for p in output_paths(items, out, out_dir) if p.exists()} if skip_existing else set()
-    with tqdm(total=total - len(existing), unit="img", disable=total < 2, dynamic_ncols=True) as bar, \
+    existing = ({p for p in output_paths(items, out, out_dir)[shard.rank::shard.world] if p.exists()}
+                if skip_existing else set())
+    with tqdm(total=mine - len(existing), unit="img", disable=total < 2 or not shard.lead, dynamic_ncols=True) as bar, \
             _kill_as_interrupt():
         try:
             report = apply_files(stylizer, inputs, out, out_dir, style, style_weight, str(mask) if mask else None,
                                  max_size, quality, skip_existing, preserve_color,
                                  preserve_color and color_method == "match",
-                                 progress=lambda src, dst: dst in existing or bar.update(1))
+                                 progress=lambda src, dst: dst in existing or bar.update(1),
+                                 share=(shard.rank, shard.world))
         except Interrupted as e:
             report = e.report
     for src, why in report.failed:
@@ -189,14 +217,34 @@ def apply(
         typer.echo(f"wrote {report.written[0]}")
     elif total > 1:
         rate = f", {len(report.written) / report.seconds:.2f} img/s" if report.written and report.seconds else ""
-        typer.echo(f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed "
+        who = f"process {shard.rank + 1} of {shard.world}: " if shard.world > 1 else ""
+        typer.echo(f"{who}{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed "
                    f"in {report.seconds:.1f} s{rate}")
+    shard.wait_for_all()  # under torchrun: no process ends (and has torchrun end the others) before all are done
     if report.interrupted:
-        left = total - done - len(report.skipped)
+        left = mine - done - len(report.skipped)
         fail(f"interrupted with {left} left; nothing is half-written: run the same command with --skip-existing "
              "to finish", 130)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, style_size, memory, notice, fallback):
+    """The ONNX Runtime stylizer where it covers the request (onnx_runtime.py), else None."""
+    from . import onnx_runtime
+
+    if runtime == "torch" or device not in ("auto", "cpu") or (device == "auto" and onnx_runtime.accelerator_present()):
+        return None
+    why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if mask else
+           "--tile" if tile else "--preserve-color" if preserve_color else None)
+    if why is None:
+        fast = onnx_runtime.load(model, style_size, memory, notice, fallback)
+        if not (fast.adaptive and style and len(style) > 1):
+            return fast
+        why = "style interpolation"
+    if runtime == "onnx":
+        raise StylizeError(f"--runtime onnx does not cover {why}; use --runtime torch or auto")
+    return None
 
 
 @contextlib.contextmanager
@@ -288,6 +336,25 @@ def info(model: str = typer.Argument(..., help="Model name or file."),
                 typer.echo(f"  {tk}: {tv}")
         else:
             typer.echo(f"{k}: {v}")
+
+
+@app.command()
+@clean_errors
+def export(model: str = typer.Argument(..., help="Model name or file."),
+           format: str = typer.Option("onnx", "--format", help="onnx (the only one so far)."),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write [default: MODEL.onnx here].")):
+    """Write a model for other runtimes, with any input size; its largest difference from the PyTorch
+    output is checked before success is reported. Inputs and outputs are described in the graph."""
+    _choice(format, ("onnx",), "--format")
+    from .export import export_onnx
+    from .modelfile import resolve
+
+    path = out or Path(resolve(model).stem + ".onnx")
+    if path.exists() and path.resolve() == resolve(model).resolve():
+        raise StylizeError(f"{path}: refusing to overwrite the model; choose another --out")
+    report = export_onnx(model, path)
+    typer.echo(f"wrote {report.path} (largest difference from PyTorch {report.max_difference:.1e} on [0, 1] "
+               f"pixels; {report.seconds:.1f} s)")
 
 
 def main():

@@ -22,7 +22,8 @@ def to_rgb(y: torch.Tensor) -> torch.Tensor:
 
 
 def keep_luminance(output: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-    """The output's luminance with the photo's chroma."""
+    """The output's luminance with the photo's chroma (float in [0, 1] or uint8 in; float out)."""
+    output, photo = (t.float() / 255 if t.dtype == torch.uint8 else t for t in (output, photo))
     y = to_ycbcr(output)
     y[1:] = to_ycbcr(photo)[1:]
     return to_rgb(y).clamp(0, 1)

@@ -1,6 +1,7 @@
 """Reading and writing images with Pillow: every failure is a StylizeError with one clear line.
 
-Images travel as float tensors (3, H, W) in [0, 1]; an alpha channel is kept aside and put back.
+Images travel as float tensors (3, H, W) in [0, 1] (or uint8), or as the same arrays in numpy for the
+ONNX Runtime path, which never imports torch (onnx_runtime.py); an alpha channel is kept aside and put back.
 Writes go to a temporary file in the destination folder and are renamed into place, so an
 interrupted run never leaves a half-written image and an input is never overwritten.
 """
@@ -10,7 +11,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import StylizeError
@@ -71,33 +71,47 @@ def _to_uint8_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), alpha
 
 
-def load_image(path: str | Path, max_size: int | None = None,
-               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """-> (3, H, W) tensor and (1, H, W) alpha or None, longest side <= max_size: float in [0, 1], or
-    with dtype=torch.uint8 0-255 (a quarter of the memory, for big photos)."""
+def read_array(path: str | Path, max_size: int | None = None,
+               uint8: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (3, H, W) array and (1, H, W) alpha or None, longest side <= max_size: float32 in [0, 1], or
+    with uint8=True 0-255 (a quarter of the memory, for big photos). No torch."""
     im = open_image(path)
     if max_size and max(im.size) > max_size:
         s = max_size / max(im.size)
         size = (max(1, round(im.width * s)), max(1, round(im.height * s)))
         im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0) if im.mode not in ("I;16", "F") else im.resize(size)
-    rgb, alpha = _to_uint8_rgb(im) if dtype == torch.uint8 else _to_float_rgb(im)
+    rgb, alpha = _to_uint8_rgb(im) if uint8 else _to_float_rgb(im)
     del im  # Pillow's copy: a 48 MP photo is 190 MB
-    x = torch.from_numpy(rgb.transpose(2, 0, 1).copy())  # a copy: Pillow's arrays are read-only
-    a = torch.from_numpy(alpha.copy())[None] if alpha is not None else None
-    return x, a
+    x = rgb.transpose(2, 0, 1).copy()  # a copy: Pillow's arrays are read-only
+    return x, (alpha.copy()[None] if alpha is not None else None)
 
 
-def _as_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Float in [0, 1] (clamped) or uint8 -> uint8."""
-    return x.detach() if x.dtype == torch.uint8 else (x.detach().float().clamp(0, 1) * 255).round_().to(torch.uint8)
+def load_image(path: str | Path, max_size: int | None = None, dtype=None):
+    """read_array as torch tensors: float32 in [0, 1], or uint8 with dtype=torch.uint8."""
+    import torch
+
+    x, alpha = read_array(path, max_size, uint8=dtype == torch.uint8)
+    return torch.from_numpy(x), (torch.from_numpy(alpha) if alpha is not None else None)
 
 
-def to_pil(x: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
-    """(3, H, W) float in [0, 1] or uint8 (and (1, H, W) alpha, either kind) -> a Pillow image."""
-    a = _as_uint8(x).permute(1, 2, 0).cpu().numpy()
-    im = Image.fromarray(a, "RGB")
+def _as_uint8(x) -> np.ndarray:
+    """Float in [0, 1] (clamped) or uint8, a torch tensor or a numpy array -> uint8 numpy array."""
+    if hasattr(x, "detach"):  # a torch tensor, so torch is already imported
+        import torch
+
+        x = x.detach().cpu()
+        if x.dtype != torch.uint8:
+            x = (x.float().clamp(0, 1) * 255).round_().to(torch.uint8)
+        return x.numpy()
+    x = np.asarray(x)
+    return x if x.dtype == np.uint8 else np.round(np.clip(x.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+
+
+def to_pil(x, alpha=None) -> Image.Image:
+    """(3, H, W) float in [0, 1] or uint8 (and (1, H, W) alpha, either kind; torch or numpy) -> Pillow."""
+    im = Image.fromarray(np.ascontiguousarray(_as_uint8(x).transpose(1, 2, 0)), "RGB")
     if alpha is not None:
-        im.putalpha(Image.fromarray(_as_uint8(alpha[0]).cpu().numpy(), "L"))
+        im.putalpha(Image.fromarray(_as_uint8(alpha)[0], "L"))
     return im
 
 
@@ -121,7 +135,7 @@ def save_pil(im: Image.Image, path: str | Path, quality: int = 95) -> Path:
         raise StylizeError(f"{path}: cannot write ({e.strerror or e})")
 
 
-def save_image(x: torch.Tensor, path: str | Path, alpha: torch.Tensor | None = None, quality: int = 95) -> Path:
+def save_image(x, path: str | Path, alpha=None, quality: int = 95) -> Path:
     return save_pil(to_pil(x, alpha), path, quality)
 
 

@@ -18,6 +18,9 @@ from .settings import STYLE_LOSSES
 def gram(f: torch.Tensor) -> torch.Tensor:
     """Gram matrix normalized by feature size: (B, C, H, W) -> (B, C, C)."""
     b, c, h, w = f.shape
+    if not f.is_contiguous() and f.is_contiguous(memory_format=torch.channels_last):
+        m = f.float().permute(0, 2, 3, 1).reshape(b, h * w, c)  # NHWC features: a view, not a transpose copy
+        return m.transpose(1, 2) @ m / (c * h * w)
     f = f.float().reshape(b, c, h * w)
     return f @ f.transpose(1, 2) / (c * h * w)
 

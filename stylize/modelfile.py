@@ -10,8 +10,6 @@ import os
 import pickle
 from pathlib import Path
 
-import torch
-
 from .errors import StylizeError
 from .files import atomic_write
 
@@ -57,6 +55,8 @@ def resolve(name_or_path: str | Path) -> Path:
 
 def save(obj: dict, path: str | Path) -> Path:
     """Write atomically (temporary file in the same folder, then rename)."""
+    import torch  # here, not at the top: finding models must not cost torch's start-up
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda f: torch.save(obj, f), f".{path.name}.", ".part")
@@ -64,6 +64,8 @@ def save(obj: dict, path: str | Path) -> Path:
 
 def load(path: str | Path) -> dict:
     """Read a model file with weights_only=True; anything that is not ours is refused in one line."""
+    import torch
+
     path = resolve(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -9,7 +9,9 @@ NORMS = TRANSFORMER_NORMS + ("adaptive",)  # adaptive: the AdaIN encoder-decoder
 LOSS_NETS = ("vgg16", "vgg19", "random")
 STYLE_LOSSES = ("gram", "meanstd")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+RUNTIMES = ("auto", "torch", "onnx")  # apply on the CPU: see onnx_runtime.py
 DEFAULT_MODEL = "starry_night"  # shipped in weights/
+DEFAULT_ADAPTIVE_MODEL = "adain"  # shipped too: used when --style is an image and no --model is given
 
 
 @dataclass
@@ -21,7 +23,7 @@ class TrainConfig:
     width: int = 32
     strength: bool = True  # train for every style strength in [0, 1], not only full strength
     iterations: int = 2000
-    batch_size: int = 4
+    batch_size: int = 4  # under torchrun, per process: a run (its files) records the whole batch
     image_size: int = 256
     style_size: int = 512  # longest side of the style image when its statistics are taken
     content_weight: float = 1.0
@@ -39,6 +41,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     sample_every: int = 100
     workers: int = -1  # data loader processes; -1: 4 on CUDA, 0 on CPU
+    # speed levers (speed.py): auto (all but compile on CUDA, none elsewhere), none, all, or names
+    levers: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -53,9 +57,13 @@ class ApplyConfig:
     style_size: int = 512  # adaptive models: longest side of the style image when encoded
     max_size: int | None = None  # downscale inputs whose longest side is larger (None: keep the resolution)
     tile: int = 0  # tile side in pixels; 0: tile only images over the memory budget
-    # working memory for one pass of the network, MB; larger images are tiled (tiling.py). With 1024 an
-    # 8000x6000 photo peaks at 2.6 GB resident on a CPU (bench/tiling.py), and photos up to ~1 MP run whole
-    memory_mb: int = 1024
+    # working memory for one pass of the network, MB; larger images are tiled (tiling.py). 2560 runs
+    # photos up to ~2.4 MP (1920x1080) whole at width 32; with 1024 an 8000x6000 photo peaks at 2.6 GB
+    # resident on a CPU (bench/tiling.py)
+    memory_mb: int = 2560
     out_dir: str = "stylized"
     quality: int = 95  # JPEG and WebP quality
     device: str = "auto"
+    # auto: ONNX Runtime for whole-image CPU passes when it is installed (faster start and forward,
+    # onnx_runtime.py), PyTorch otherwise and for masks, colour preservation and tiles
+    runtime: str = "auto"

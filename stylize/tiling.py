@@ -57,28 +57,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norms import Condition, InstanceStat
+from .pipeline import MIN_TILE, budget_pixels, bytes_per_pixel  # noqa: F401 (API)
 
 ALIGN = 4  # two stride-2 convolutions: tile corners on multiples of 4
 HALO = 32  # context around every tile, px (multiple of ALIGN)
 OVERLAP = 16  # feathered overlap between neighbouring tiles, px
-MIN_TILE = 64
 STATS = ("exact", "preview")
 PREVIEW_PIXELS = 1_000_000  # size of the downscaled copy for stats="preview"
 STATE_VALUES = 16  # per window pixel: phases keep a state only if it is at most this big
-
-
-def bytes_per_pixel(width: int) -> float:
-    """Peak working memory of one forward pass per input pixel, float32, for a network of `width`.
-
-    Measured on CPU: ~960 B/px at width 32, ~545 at width 16 (about 30 bytes per channel of the
-    first layer); rounded up.
-    """
-    return 32.0 * width + 64.0
-
-
-def budget_pixels(memory_mb: float, width: int) -> int:
-    """How many pixels one forward pass may have within `memory_mb` of working memory."""
-    return max(MIN_TILE * MIN_TILE, int(memory_mb * 2**20 / bytes_per_pixel(width)))
 
 
 def tile_for_pixels(pixels: int, halo: int = HALO) -> int:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
-from . import __version__, modelfile
+from . import __version__, distributed, modelfile, speed
 from .devices import pick_device
 from .data import batches, content_files, load_style, style_files
 from .errors import StylizeError
@@ -100,7 +100,7 @@ def save_samples(recipe, photos: torch.Tensor, path: Path) -> Path:
 def write_log(history: list[dict], folder: Path) -> None:
     if not history:
         return
-    keys = list(history[0])
+    keys = list(dict.fromkeys(k for h in history for k in h))  # a skipped batch's row has no terms but total
     with open(folder / "losses.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
@@ -114,18 +114,18 @@ def plot_losses(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    terms = [k for k in history[0] if k not in ("iteration", "seconds")]
+    terms = [k for k in dict.fromkeys(k for h in history for k in h) if k not in ("iteration", "seconds")]
     fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 3), squeeze=False)
     it = [h["iteration"] for h in history]
     k = max(1, len(history) // 50)  # moving average over ~2% of the run
     for ax, term in zip(axes[0], terms):
-        v = torch.tensor([h[term] for h in history], dtype=torch.float64)
+        v = torch.tensor([h.get(term, float("nan")) for h in history], dtype=torch.float64)
         smooth = torch.nn.functional.avg_pool1d(v[None, None], k, 1, 0, count_include_pad=False)[0, 0]
         ax.plot(it, v.tolist(), alpha=0.3, lw=0.8)
         ax.plot(it[k - 1:], smooth.tolist(), lw=1.5)
         ax.set_title(term)
         ax.set_xlabel("iteration")
-        ax.set_yscale("log" if v.min() > 0 else "linear")
+        ax.set_yscale("log" if v.nan_to_num(1.0).min() > 0 else "linear")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -135,7 +135,7 @@ class _StopFlag:
     """Ctrl-C or kill ends the run at the next iteration boundary, with a checkpoint."""
 
     def __init__(self):
-        self.stop = False
+        self.stop, self.since = False, 0.0
         self._old = {}
 
     def __enter__(self):
@@ -147,9 +147,12 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.stop:  # a second Ctrl-C stops at once
+        # a second Ctrl-C stops at once; one within a second of the first is the same request (torchrun
+        # passes on to its processes the Ctrl-C that the terminal has already sent them)
+        if self.stop and time.monotonic() - self.since > 1.0:
             raise KeyboardInterrupt
-        self.stop = True
+        if not self.stop:
+            self.stop, self.since = True, time.monotonic()
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -159,27 +162,38 @@ class _StopFlag:
 class TransformerRecipe:
     """Johnson et al.: a transformer network for a fixed set of styles (IN, CIN and the other norms)."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, start: int):
+    def __init__(self, cfg: TrainConfig, device: torch.device, start: int, levers: frozenset = frozenset(),
+                 shard: distributed.Shard = distributed.Shard()):
         names, images = zip(*[load_style(p, cfg.style_size) for p in style_files(cfg.style)])
-        self.names, self.cfg, self.device = list(names), cfg, device
+        self.names, self.cfg, self.device, self.shard = list(names), cfg, device, shard
         norm = "conditional" if cfg.norm == "instance" and len(names) > 1 else cfg.norm
         self.net = TransformerNet(NetConfig(norm, len(names), cfg.strength, cfg.width)).to(device)
+        self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers, cfg.style_loss).to(device)
-        self.loss.set_styles([im.to(device) for im in images])
+        self.loss.set_styles([im.to(device) for im in images])  # style targets in fp32, before any lever
+        if "bf16" in levers:
+            self.loss.net.features.to(torch.bfloat16)
+        if "channels_last" in levers:
+            self.loss.net.to(memory_format=torch.channels_last)
+        if "compile" in levers:
+            self.net.compile()
+            self.loss.compile()
         self.weights = {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
                         "pixel": cfg.pixel_weight if cfg.strength else 0.0}
 
-    def step(self, x: torch.Tensor | None, draws: torch.Generator) -> dict | None:
-        b, n_styles = self.cfg.batch_size, len(self.names)
+    def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:
+        """The loss terms of this process's share of the batch, and how many examples they average."""
+        b, n_styles = self.cfg.batch_size, len(self.names)  # the whole batch, over every process
         style_index = torch.randint(n_styles, (b,), generator=draws)  # drawn even for a skipped batch,
         strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # so resume stays in step
         if x is None:
-            return None
+            return None, 0
+        style_index, strength = self.shard.part(style_index), self.shard.part(strength)
         si, st = style_index[:len(x)].to(self.device), strength[:len(x)].to(self.device)
         cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.strength else None)
-        y = self.net(x, cond)
-        return self.loss(y, x, si, st, self.weights)
+        y = self.model(x, cond)
+        return self.loss(y, x, si, st, self.weights), len(x)
 
     @torch.no_grad()
     def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
@@ -194,10 +208,11 @@ class TransformerRecipe:
 class AdaINRecipe:
     """Huang & Belongie: train only the decoder, on random photo and painting crops (see adain.py)."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, start: int):
+    def __init__(self, cfg: TrainConfig, device: torch.device, start: int, levers: frozenset = frozenset(),
+                 shard: distributed.Shard = distributed.Shard()):
         from .adain import ENCODER_TAPS, AdaINConfig, AdaINNet
 
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.shard = cfg, device, shard
         arch = "random" if cfg.loss_net == "random" else "vgg19"  # the paper's encoder is VGG-19
         vgg = loss_network(arch, ENCODER_TAPS, cfg.vgg_weights)
         self.net = AdaINNet(AdaINConfig(encoder=vgg.description, width=cfg.width)).to(device)
@@ -205,25 +220,32 @@ class AdaINRecipe:
         self.files = style_files(cfg.style)
         workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
         self.styles = iter(batches(self.files, cfg.image_size, cfg.batch_size, cfg.seed + 7, start,
-                                   cfg.iterations, workers))
+                                   cfg.iterations, workers, device=device if "gpu_data" in levers else None,
+                                   rank=shard.rank, world=shard.world))
         self.names = []  # any style image; the training paintings are in the settings
         self.fixed_styles = torch.stack([
             torch.nn.functional.interpolate(load_style(f, cfg.image_size)[1][None], size=(cfg.image_size,) * 2,
                                             mode="bilinear", antialias=True)[0] for f in self.files[:4]]).to(device)
+        if "compile" in levers:
+            self.net.compile()
+        self.model = self.net.decoder  # the trained part: train() wraps it for several processes (DDP)
 
-    def step(self, x: torch.Tensor | None, draws: torch.Generator) -> dict | None:
+    def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:
         from .adain import adain
         from .losses import mean_std, relative_error, style_stats, total_variation
 
         s, _ = next(self.styles)
+        stand_in = s is None and x is not None and self.shard.world > 1  # every process takes part in a step
+        if stand_in:  # (DDP): with a painting weighted 0 when none of its share could be read
+            s = self.fixed_styles[:1]
         if x is None or s is None:
-            return None
+            return None, 0
         n = min(len(x), len(s))
         x, s = x[:n], s[:n].to(self.device, non_blocking=True)
         enc = self.net.encoder
         fs = enc(s, all_taps=True)
         t = adain(enc(x), *mean_std(fs["relu4_1"]))
-        y = self.net.decoder(t)
+        y = self.model(t)
         fy = enc(y, all_taps=True)
         terms = {
             "content": relative_error(fy["relu4_1"], t.detach()).mean(),  # against the AdaIN target, as in the paper
@@ -233,7 +255,7 @@ class AdaINRecipe:
         }
         terms["total"] = (self.cfg.content_weight * terms["content"] + self.cfg.style_weight * terms["style"]
                           + self.cfg.tv_weight * terms["tv"])
-        return terms
+        return terms, 0 if stand_in else n
 
     @torch.no_grad()
     def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
@@ -252,9 +274,14 @@ class AdaINRecipe:
 
 
 def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
-          resume: str | Path | None = None) -> Path:
+          resume: str | Path | None = None, levers: Iterable[str] | None = None) -> Path:
     """Train and write cfg.out; returns its path. With `resume`, continue that checkpoint's run
-    (its settings win, except `iterations`, so a finished run can be extended)."""
+    (its settings win, except `iterations`, so a finished run can be extended). `levers` overrides
+    cfg.levers, the speed levers to use (speed.py).
+
+    Under torchrun each process runs this with the same settings: cfg.batch_size is then each
+    process's share, the run (its files and checkpoints) records the whole batch, and only the first
+    process reports progress and writes files (distributed.py)."""
     progress = progress or (lambda p: None)
     ckpt = None
     if resume is not None:
@@ -269,13 +296,29 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
     if not cfg.style:
         raise StylizeError("no style image; pass --style IMAGE (several, or a folder, for --norm conditional)")
     device = pick_device(cfg.device)
+    with distributed.session(device) as shard:  # one of several processes under torchrun, else alone
+        return _train(cfg, progress, ckpt, levers, shard)
+
+
+def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | None, levers: Iterable[str] | None,
+           shard: distributed.Shard) -> Path:
+    device = shard.device
+    if ckpt is None and shard.world > 1:  # --batch-size is per process; the run records its whole batch
+        cfg = replace(cfg, batch_size=cfg.batch_size * shard.world)
+    if cfg.batch_size % shard.world:
+        raise StylizeError(f"this run's batch of {cfg.batch_size} does not split evenly over {shard.world} "
+                           "processes; resume it with a number of processes that divides it")
+    progress = progress if shard.lead else (lambda p: None)  # the lead reports for all
     files = content_files(cfg.content)
     start = ckpt["iteration"] if ckpt is not None else 0
+    levers = speed.parse_levers(cfg.levers, device) if levers is None else speed.check_levers(levers)
+    speed.apply_global(levers)
 
     torch.manual_seed(cfg.seed)
-    recipe = (AdaINRecipe if cfg.norm == "adaptive" else TransformerRecipe)(cfg, device, start)
+    recipe = (AdaINRecipe if cfg.norm == "adaptive" else TransformerRecipe)(cfg, device, start, levers, shard)
     net = recipe.net
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                           fused=True if "fused_adam" in levers else None)
     draws = torch.Generator().manual_seed(cfg.seed + 1)  # style and strength per example
     history = []
     if ckpt is not None:
@@ -283,11 +326,12 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         opt.load_state_dict(ckpt["optimizer"])
         draws.set_state(ckpt["rng"]["draws"])
         history = list(ckpt["history"])
+    recipe.model = shard.wrap(recipe.model)  # several processes: DDP averages their gradients
 
     folder = run_dir(cfg.out)
     (folder / "samples").mkdir(parents=True, exist_ok=True)
     photos = _sample_photos(files, cfg.image_size)
-    amp = device.type == "cuda"
+    amp = "bf16" in levers
     workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
     skipped, it = 0, start
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
@@ -303,33 +347,45 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
     net.train()
     with _StopFlag() as flag:
         loader = batches(files, cfg.image_size, cfg.batch_size, cfg.seed, start, cfg.iterations, workers,
-                         pin=device.type == "cuda")
+                         pin=device.type == "cuda", device=device if "gpu_data" in levers else None,
+                         rank=shard.rank, world=shard.world)
         for x, bad in loader:
-            skipped += bad
+            stand_in = x is None and shard.world > 1  # every process takes part in a step (DDP): when none
+            if stand_in:  # of its share could be read, with a sample photo weighted 0
+                x = photos[:1]
             if x is not None:
                 x = x.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                terms = recipe.step(x, draws)
-            if terms is not None:
+                terms, used = recipe.step(x, draws)
+            used = 0 if stand_in else used
+            n, bad, means = shard.average(terms or {}, used, bad)  # over every process's examples
+            skipped += bad
+            if n:
                 opt.zero_grad(set_to_none=True)
-                terms["total"].backward()
+                # DDP averages the processes' gradients; weighting each by its examples makes that the
+                # mean over all the batch's examples, as one process would have it (the weight is 1 then)
+                (terms["total"] * (used * shard.world / n)).backward()
                 opt.step()
             else:  # a batch of only unreadable files is skipped
-                terms = {"total": torch.tensor(float("nan"))}
+                means = {"total": float("nan")}
             it += 1
-            row = {"iteration": it, **{k: float(v.detach()) for k, v in terms.items()},
-                   "seconds": round(time.perf_counter() - t0, 3)}
+            row = {"iteration": it, **means, "seconds": round(time.perf_counter() - t0, 3)}
             history.append(row)
             progress(Progress(it, cfg.iterations, row, skipped))
-            if it % cfg.sample_every == 0 or it == cfg.iterations:
+            if shard.lead and (it % cfg.sample_every == 0 or it == cfg.iterations):
                 path = save_samples(recipe, photos.to(device), folder / "samples" / f"iter_{it:06d}.jpg")
                 progress(Progress(it, cfg.iterations, row, skipped, "sample", path))
-            if cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
+            if shard.lead and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
                 progress(Progress(it, cfg.iterations, row, skipped, "checkpoint", checkpoint()))
-            if flag.stop:
+            if shard.any(flag.stop):  # all processes stop after the same iteration
                 break
     if it < cfg.iterations:
-        raise Interrupted(checkpoint(), it)
+        path = checkpoint() if shard.lead else folder / "checkpoint.pt"
+        shard.barrier()  # no process reports the checkpoint before it is written
+        raise Interrupted(path, it)
+    if not shard.lead:
+        shard.barrier()  # returns once the lead has written the model
+        return Path(cfg.out)
     checkpoint()
     rec = recipe.record(half=True)
     last = [h for h in history[-max(1, len(history) // 20):] if h["total"] == h["total"]] or history[-1:]
@@ -337,4 +393,6 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
                       for k in last[0] if k not in ("iteration", "seconds")}
     rec["metrics"]["skipped_photos"] = skipped
     rec["iteration"] = it
-    return modelfile.save(rec, cfg.out)
+    path = modelfile.save(rec, cfg.out)
+    shard.barrier()
+    return path

@@ -48,10 +48,10 @@ class VGGFeatures(nn.Module):
         last = max(names.index(t) for t in taps)
         self.features = features[: last + 1]
         self.names = names[: last + 1]
-        for m in self.features:  # in-place ReLUs would overwrite the taps we return
-            if isinstance(m, nn.ReLU):
-                m.inplace = False
         self.taps = set(taps)
+        for i, m in enumerate(self.features):  # in place saves a copy per layer, unless it would overwrite a tap
+            if isinstance(m, nn.ReLU):
+                m.inplace = i > 0 and self.names[i - 1] not in self.taps
         self.description = description
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
@@ -60,6 +60,7 @@ class VGGFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        x = x.to(self.features[0].weight.dtype)  # weights stored in bf16 on CUDA (speed.py); a no-op otherwise
         out = {}
         for name, m in zip(self.names, self.features):
             x = m(x)

@@ -100,6 +100,9 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("STYLIZE_OFFLINE", "1")
     monkeypatch.delenv("STYLIZE_MODELS", raising=False)
     monkeypatch.delenv("STYLIZE_CONTENT", raising=False)
+    # apply runs on PyTorch here: exporting every test's fresh model to ONNX would take seconds each;
+    # tests/test_onnx.py covers the ONNX Runtime path
+    monkeypatch.setenv("STYLIZE_RUNTIME", "torch")
 
     def no_download(*args, **kwargs):
         raise ConnectionError("the test suite never downloads")

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylize import images, inference
+from stylize import images, inference, pipeline
 from stylize.cli import _kill_as_interrupt, app
 from stylize.inference import Interrupted, Stylizer, apply_files, output_paths
 
@@ -171,7 +171,7 @@ def test_reading_and_writing_overlap_with_the_network(stylizer, tmp_path, monkey
         make_photo(i).save(tmp_path / f"p{i}.png")
     started = {}
     threads = {"read": set(), "write": set(), "network": set()}
-    real_load, real_save = inference.load_image, inference.save_image
+    real_load, real_save = inference.load_image, pipeline.save_image
 
     def load(path, *a, **kw):
         threads["read"].add(threading.current_thread().name)
@@ -194,7 +194,7 @@ def test_reading_and_writing_overlap_with_the_network(stylizer, tmp_path, monkey
         return real_call(self, x, *a, **kw)
 
     monkeypatch.setattr(inference, "load_image", load)
-    monkeypatch.setattr(inference, "save_image", save)
+    monkeypatch.setattr(pipeline, "save_image", save)
     monkeypatch.setattr(Stylizer, "__call__", network)
     report = apply_files(stylizer, [str(tmp_path)], out_dir=tmp_path / "out")
     assert len(report.written) == 4 and all(overlapped)

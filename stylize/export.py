@@ -1,0 +1,133 @@
+"""Exporting a model to ONNX, for other runtimes and for stylize's own CPU path (onnx_runtime.py).
+
+One graph per model, any height and width (dynamic axes):
+- transformer models (instance, conditional, ...): image (1, 3, H, W) float in [0, 1], H and W
+  multiples of 4; styles (1, N) mixing weights summing to 1; strength (1,) in [0, 1] (strength
+  models only) -> stylized (1, 3, H, W) clamped to [0, 1].
+- adaptive models: image (1, 3, H, W), H and W multiples of 8; style (1, 3, h, w) in [0, 1]; alpha
+  (1,) -> stylized.
+The caller pads to the multiple (reflect) and crops, as the PyTorch path does (onnx_runtime.py).
+The graph's metadata ("stylize": JSON) carries kind, styles, strength, width, the multiple, and the
+sha256 of the model file it came from, so a runtime needs nothing else.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__, modelfile
+from .errors import StylizeError
+from .files import atomic_write
+from .norms import Condition
+from .onnx_runtime import file_sha256
+
+OPSET = 18
+
+
+class _Transformer(nn.Module):
+    def __init__(self, net, strength: bool):
+        super().__init__()
+        self.net, self.strength = net, strength
+
+    def forward(self, image, styles, strength):
+        return self.net(image, Condition(styles, strength if self.strength else None)).clamp(0, 1)
+
+
+class _AdaIN(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image, style, alpha):
+        from .losses import mean_std
+
+        return self.net(image, [mean_std(self.net.encoder(style))], alpha=alpha).clamp(0, 1)
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    max_difference: float  # largest |ONNX Runtime - PyTorch| over the check images, on [0, 1] pixels
+    seconds: float
+
+
+def export_onnx(model: str | Path, out: str | Path, check: bool = True) -> ExportReport:
+    """Write `model` as an ONNX graph at `out` (atomically) and, with check, run it in ONNX Runtime
+    against PyTorch on two test images of odd sizes; a difference over 1e-3 is an error."""
+    from .inference import load_stylizer
+
+    t0 = time.perf_counter()
+    record = modelfile.load(model)
+    stylizer = load_stylizer(record["path"], "cpu")
+    adaptive = record.get("kind") == "adain"
+    meta = {"kind": record.get("kind"), "styles": list(record.get("styles", [])),
+            "strength": bool(record["net"].get("strength", False)), "width": record["net"].get("width"),
+            "multiple": 8 if adaptive else 4, "source_sha256": file_sha256(Path(record["path"])),
+            "stylize": __version__, "opset": OPSET}
+    size = 64 if adaptive else 32
+    image = torch.rand(1, 3, size, size + 8)
+    if adaptive:
+        module, names = _AdaIN(stylizer.net), ["image", "style", "alpha"]
+        args = (image, torch.rand(1, 3, 48, 40), torch.tensor([1.0]))
+        dims = {"image": {2: torch.export.Dim("h8", min=1, max=4096) * 8, 3: torch.export.Dim("w8", min=1, max=4096) * 8},
+                "style": {2: torch.export.Dim("sh", min=16, max=32768), 3: torch.export.Dim("sw", min=16, max=32768)},
+                "alpha": None}
+    else:
+        module, names = _Transformer(stylizer.net, meta["strength"]), ["image", "styles", "strength"]
+        n = len(meta["styles"])
+        args = (image, torch.full((1, n), 1.0 / n), torch.tensor([1.0]))
+        dims = {"image": {2: torch.export.Dim("h4", min=2, max=8192) * 4, 3: torch.export.Dim("w4", min=2, max=8192) * 4},
+                "styles": None, "strength": None}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module.eval(), args, None, dynamo=True, input_names=names,
+                                        output_names=["stylized"], dynamic_shapes=dims, opset_version=OPSET,
+                                        optimize=True, verbose=False, report=False)
+    except ImportError as e:
+        raise StylizeError(f"ONNX export needs the onnx and onnxscript packages ({e}); pip install onnx onnxscript")
+    except Exception as e:  # the exporter's own errors are long; one line says which model and why
+        raise StylizeError(f"{record['path']}: ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0]})")
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "stylize", json.dumps(meta)
+    atomic_write(out, lambda f: f.write(proto.SerializeToString()), f".{out.name}.", ".part")
+    worst = _check(out, stylizer, adaptive) if check else float("nan")
+    if worst > 1e-3:
+        out.unlink(missing_ok=True)
+        raise StylizeError(f"ONNX export of {record['path']} differs from PyTorch by {worst:.2g}; not written")
+    return ExportReport(out, worst, time.perf_counter() - t0)
+
+
+def _check(path: Path, stylizer, adaptive: bool) -> float:
+    """Largest difference between the exported graph in ONNX Runtime and the PyTorch model."""
+    from .onnx_runtime import OnnxStylizer
+
+    fast = OnnxStylizer(path)
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for h, w in ((61, 90), (130, 97)):  # odd sizes: the padding and cropping are checked too
+        x = torch.nn.functional.interpolate(torch.rand(1, 3, h // 8 + 1, w // 8 + 1, generator=g), size=(h, w),
+                                            mode="bilinear")[0]  # smooth, photo-like
+        if adaptive:
+            style = torch.rand(3, 70, 50, generator=g)
+            ref = stylizer.net(torch.nn.functional.pad(x[None], (0, (-w) % 8, 0, (-h) % 8), mode="reflect"),
+                               [stylizer.net.style_stats(style[None])])[0, :, :h, :w].clamp(0, 1)
+            got = fast.stylize(x.numpy(), style=style.numpy())
+        else:
+            n = len(stylizer.styles)
+            weights = torch.full((n,), 1.0 / n)
+            with torch.inference_mode():
+                ref = stylizer(x, weights, 0.6 if fast.meta["strength"] else 1.0)
+            got = fast.stylize(x.numpy(), weights.tolist(), 0.6 if fast.meta["strength"] else 1.0)
+        worst = max(worst, float((torch.from_numpy(got) - ref.detach()).abs().max()))
+    return worst

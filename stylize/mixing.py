@@ -1,0 +1,52 @@
+"""Reading --style values into mixing weights, without torch (the ONNX Runtime path uses it too).
+
+Trained styles: NAME, INDEX or NAME=W, normalised to sum to 1. Style images (adaptive models): PATH
+or PATH=W, where a file whose own name contains "=" is taken whole.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import StylizeError
+
+
+def style_index(name: str, styles: list[str], model: str) -> int:
+    if name in styles:
+        return styles.index(name)
+    if name.isdigit() and int(name) < len(styles):
+        return int(name)
+    raise StylizeError(f"model {model} has no style {name!r}; its styles: "
+                       + ", ".join(f"{i}={s}" for i, s in enumerate(styles)))
+
+
+def style_weights(specs: list[str] | None, styles: list[str], model: str) -> list[float]:
+    """["starry"], ["1"], ["starry=0.7", "wave=0.3"] -> weights over `styles`, summing to 1."""
+    w = [0.0] * len(styles)
+    if not specs:
+        w[0] = 1.0
+        return w
+    for spec in specs:
+        name, _, amount = spec.partition("=")
+        index = style_index(name, styles, model)
+        try:
+            value = float(amount) if amount else 1.0
+        except ValueError:
+            raise StylizeError(f"--style {spec}: weight {amount!r} is not a number")
+        if value < 0:
+            raise StylizeError(f"--style {spec}: weights must not be negative")
+        w[index] += value
+    total = sum(w)
+    if total <= 0:
+        raise StylizeError("--style weights add up to zero")
+    return [v / total for v in w]
+
+
+def style_image(spec: str) -> tuple[str, float]:
+    """PATH or PATH=W -> (path, weight)."""
+    path, sep, amount = spec.rpartition("=")
+    if sep and not Path(spec).exists():
+        try:
+            return path, float(amount)
+        except ValueError:
+            pass
+    return spec, 1.0

@@ -1,0 +1,69 @@
+"""Training speed levers: which ones a device gets by default, and reading a requested set.
+
+`auto` (TrainConfig.levers, `stylize train --levers`) turns on every lever below but `compile` on
+CUDA, and none elsewhere, so CPU runs keep the exact arithmetic they always had. bench/train.py
+measures them against the plain fp32 loop of pytorch/examples and ablates them with --levers.
+
+On a CPU they are not on by default although some pay there: on the 2-core Xeon (AMX) this was written
+on, 128 px crops, batch 4, one thread, bf16 trained 1.87x as fast, channels_last 1.32x, both with
+fused_adam and gpu_data 2.73x (bench/train.py). They change a CPU run's arithmetic, and bf16 autocast
+is slower than fp32 on CPUs without AMX or AVX-512 BF16; ask for them with --levers bf16,channels_last.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .errors import StylizeError
+
+LEVERS = {
+    "bf16": "bf16 autocast; the VGG loss network's weights stored in bf16 (autocast would re-cast them "
+            "on every call, since frozen weights are not in its cast cache)",
+    "channels_last": "the VGG loss network in channels_last (NHWC) layout, what tensor-core convolutions read "
+                     "natively. Not the transformer: torch's CUDA reflection pad always writes NCHW, so every "
+                     "layer would pay two layout copies",
+    "cudnn_benchmark": "cuDNN times its convolution algorithms once per shape and keeps the fastest",
+    "fused_adam": "Adam's update in one fused kernel over all parameters",
+    "gpu_data": "photos decoded once by loader workers, kept on the GPU as uint8, cropped and mirrored "
+                "there (data.DeviceCrops)",
+    "compile": "torch.compile of the transformer and the loss (opt-in: compiling costs tens of seconds, "
+               "which short runs do not win back)",
+}
+
+
+def default_levers(device: torch.device) -> frozenset[str]:
+    return frozenset(LEVERS) - {"compile"} if device.type == "cuda" else frozenset()
+
+
+def check_levers(levers: Iterable[str]) -> frozenset[str]:
+    levers = frozenset(levers)
+    unknown = sorted(levers - set(LEVERS))
+    if unknown:
+        raise StylizeError(f"unknown speed lever(s) {', '.join(unknown)}; known: {', '.join(LEVERS)}")
+    return levers
+
+
+def parse_levers(text: str, device: torch.device) -> frozenset[str]:
+    """'auto' (the device's default), 'none', 'all', or names joined by commas; '+name' or '-name'
+    items change the device's default."""
+    text = text.strip()
+    if text in ("auto", ""):
+        return default_levers(device)
+    if text == "none":
+        return frozenset()
+    if text == "all":
+        return frozenset(LEVERS)
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if all(t[0] in "+-" for t in items):
+        levers = set(default_levers(device))
+        for t in items:
+            (levers.add if t[0] == "+" else levers.discard)(t[1:])
+        return check_levers(levers)
+    return check_levers(items)
+
+
+def apply_global(levers: frozenset[str]) -> None:
+    """Process-wide switches. cudnn.benchmark stays on after training: it only affects speed."""
+    if "cudnn_benchmark" in levers:
+        torch.backends.cudnn.benchmark = True

@@ -1,0 +1,111 @@
+"""Export to ONNX and the ONNX Runtime CPU path: same pictures as PyTorch, no torch at start-up."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import make_photo
+from stylize import modelfile, onnx_runtime
+from stylize.cli import app
+from stylize.export import export_onnx
+from stylize.inference import Stylizer
+from stylize.networks import NetConfig, TransformerNet
+from stylize.settings import TrainConfig
+from stylize.training import model_record
+
+
+@pytest.fixture(scope="module")
+def cin(tmp_path_factory):
+    """An untrained 3-style strength model with distinct per-style norm parameters."""
+    torch.manual_seed(0)
+    net = TransformerNet(NetConfig("conditional", 3, True, 4)).eval()
+    with torch.no_grad():
+        for n in net.norms():
+            n.affine.weight.copy_(1 + 0.5 * torch.randn_like(n.affine.weight))
+            n.affine.bias.copy_(0.5 * torch.randn_like(n.affine.bias))
+    rec = model_record(net, TrainConfig(norm="conditional", width=4), ["a", "b", "c"], half=False)
+    return modelfile.save(rec, tmp_path_factory.mktemp("onnx") / "trio.pt")
+
+
+@pytest.fixture(scope="module")
+def exported(cin):
+    return export_onnx(cin, cin.with_suffix(".onnx"))
+
+
+def test_export_checks_itself_against_pytorch_and_describes_the_model(exported):
+    assert exported.path.is_file() and exported.max_difference < 1e-4
+    fast = onnx_runtime.OnnxStylizer(exported.path)
+    assert fast.styles == ["a", "b", "c"] and fast.meta["strength"] and fast.meta["kind"] == "transformer"
+
+
+@pytest.mark.parametrize("specs,strength", [(None, 1.0), (["b"], 0.4), (["a=0.3", "c=0.7"], 1.0), (["c"], 0.0)])
+def test_onnx_runtime_gives_the_pytorch_picture_for_styles_mixes_and_strengths(cin, exported, specs, strength):
+    torch_path, fast = Stylizer(cin, "cpu"), onnx_runtime.OnnxStylizer(exported.path)
+    photo = np.asarray(make_photo(3, 53, 37), dtype=np.uint8).transpose(2, 0, 1).copy()  # odd size: padding
+    want = torch_path.run(torch.from_numpy(photo), torch_path.condition(specs), strength).numpy()
+    got = fast.run(photo, fast.condition(specs), strength)
+    assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    if strength == 0.0:
+        assert np.array_equal(got, photo)
+
+
+def test_cli_apply_uses_the_cached_graph_without_importing_torch(cin, tmp_path, monkeypatch):
+    monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path / "cache"))
+    onnx_runtime.cached_graph(cin)  # what a first apply does
+    make_photo(1, 61, 45).save(tmp_path / "p.png")
+    code = ("import sys; from stylize.cli import main; sys.argv = sys.argv[1:]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    env = dict(os.environ, STYLIZE_RUNTIME="auto")
+    out = subprocess.run([sys.executable, "-c", code, "stylize", "apply", str(tmp_path / "p.png"), "--model", str(cin),
+                          "--style", "b", "--style-weight", "0.6", "--out", str(tmp_path / "fast.png"), "--device", "cpu"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "no torch" in out.stdout
+    r = CliRunner().invoke(app, ["apply", str(tmp_path / "p.png"), "--model", str(cin), "--style", "b", "--style-weight",
+                                 "0.6", "--out", str(tmp_path / "slow.png"), "--runtime", "torch"])
+    assert r.exit_code == 0, r.output
+    a, b = (np.asarray(Image.open(tmp_path / f), dtype=int) for f in ("fast.png", "slow.png"))
+    assert np.abs(a - b).max() <= 1
+
+
+def test_requests_the_onnx_path_does_not_cover_fail_clearly(cin, tmp_path, monkeypatch):
+    monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path / "cache"))
+    make_photo(1).save(tmp_path / "p.png")
+    Image.new("L", (48, 40), 255).save(tmp_path / "m.png")
+    r = CliRunner().invoke(app, ["apply", str(tmp_path / "p.png"), "--model", str(cin), "--style", "a", "--style", "b",
+                                 "--mask", str(tmp_path / "m.png"), "--runtime", "onnx", "--out", str(tmp_path / "o.png")])
+    assert r.exit_code == 1 and "does not cover --mask" in r.output and not (tmp_path / "o.png").exists()
+    r = CliRunner().invoke(app, ["apply", str(tmp_path / "p.png"), "--model", str(cin), "--runtime", "gpu"])
+    assert r.exit_code == 1 and "--runtime 'gpu'" in r.output
+
+
+def test_export_command_reports_the_difference_and_refuses_unknown_formats(cin, tmp_path):
+    r = CliRunner().invoke(app, ["export", str(cin), "--format", "tflite"])
+    assert r.exit_code == 1 and "choose one of onnx" in r.output
+    r = CliRunner().invoke(app, ["export", str(cin), "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "largest difference from PyTorch" in r.output and (tmp_path / "m.onnx").is_file()
+
+
+def test_adaptive_models_export_too(tmp_path):
+    from stylize.adain import AdaINConfig, AdaINNet
+    from stylize.vgg import random_features
+
+    torch.manual_seed(0)
+    net = AdaINNet(AdaINConfig(encoder="random vgg19", width=4)).eval()
+    net.encoder.features.load_state_dict(random_features("vgg19")[0][:21].state_dict())
+    rec = model_record(net, TrainConfig(norm="adaptive", width=4), [], half=False)
+    rec.update(kind="adain", net=net.cfg.to_dict())
+    report = export_onnx(modelfile.save(rec, tmp_path / "adain.pt"), tmp_path / "adain.onnx")
+    assert report.max_difference < 1e-3
+    meta = json.loads(__import__("onnx").load(str(report.path)).metadata_props[0].value)
+    assert meta["kind"] == "adain" and meta["multiple"] == 8
