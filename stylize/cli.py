@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from .errors import StylizeError
-from .settings import DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, TrainConfig
+from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fast neural style transfer: train style networks and apply them to photos.")
@@ -46,6 +46,9 @@ def clean_errors(command):
     return run
 
 
+_AUTO = ", ".join(f"{v} for {k}" for k, v in AUTO_STYLE_LOSS.items())
+
+
 def _choice(value: str, choices, flag: str) -> str:
     if value not in choices:
         raise StylizeError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
@@ -72,7 +75,7 @@ def train(
     lr: float = typer.Option(T.lr, min=0),
     loss_net: str = typer.Option(T.loss_net, help=f"Perceptual network: {', '.join(LOSS_NETS)} (random works offline)."),
     vgg_weights: Optional[Path] = typer.Option(T.vgg_weights, help="torchvision VGG state-dict file, for offline machines."),
-    style_loss: str = typer.Option(T.style_loss, help=f"Style statistic: {', '.join(STYLE_LOSSES)}."),
+    style_loss: str = typer.Option(T.style_loss, help=f"Style statistic: auto, {', '.join(STYLE_LOSSES)} (auto: {_AUTO})."),
     device: str = typer.Option(T.device, help=f"{', '.join(DEVICES)}."),
     seed: int = typer.Option(T.seed),
     checkpoint_every: int = typer.Option(T.checkpoint_every, min=0, help="Iterations between checkpoints (0: only at the end)."),
@@ -85,7 +88,7 @@ def train(
     """Train a style network on photos with a perceptual loss."""
     _choice(norm, NORMS, "--norm")
     _choice(loss_net, LOSS_NETS, "--loss-net")
-    _choice(style_loss, STYLE_LOSSES, "--style-loss")
+    _choice(style_loss, ("auto",) + STYLE_LOSSES, "--style-loss")
     _choice(device, DEVICES, "--device")
     from tqdm import tqdm
 

@@ -6,12 +6,20 @@ from dataclasses import dataclass, field, fields
 
 TRANSFORMER_NORMS = ("instance", "conditional", "batch", "layer", "group", "none")  # layers of the Johnson network
 NORMS = TRANSFORMER_NORMS + ("adaptive",)  # adaptive: the AdaIN encoder-decoder (adain.py)
-LOSS_NETS = ("vgg16", "vgg19", "random")
-STYLE_LOSSES = ("gram", "meanstd")
+LOSS_NETS = ("vgg16", "vgg19", "random")  # random: the offline choice (no download)
+STYLE_LOSSES = ("gram", "meanstd", "sliced")
+# What style_loss="auto" means per loss network. Gram for ImageNet VGG (Johnson et al.); sliced
+# Wasserstein for random features, which closes the most of the gap to ImageNet (bench/loss_nets.py).
+AUTO_STYLE_LOSS = {"vgg16": "gram", "vgg19": "gram", "random": "sliced"}
 DEVICES = ("auto", "cuda", "mps", "cpu")
 RUNTIMES = ("auto", "torch", "onnx")  # apply on the CPU: see onnx_runtime.py
 DEFAULT_MODEL = "starry_night"  # shipped in weights/
 DEFAULT_ADAPTIVE_MODEL = "adain"  # shipped too: used when --style is an image and no --model is given
+
+
+def style_loss_for(loss_net: str, style_loss: str) -> str:
+    """The style statistic a run uses: `style_loss`, with "auto" resolved for the loss network."""
+    return AUTO_STYLE_LOSS.get(loss_net, "gram") if style_loss == "auto" else style_loss
 
 
 @dataclass
@@ -35,7 +43,7 @@ class TrainConfig:
     vgg_weights: str | None = None
     content_layers: list[str] = field(default_factory=lambda: ["relu2_2"])
     style_layers: list[str] = field(default_factory=lambda: ["relu1_2", "relu2_2", "relu3_3", "relu4_3"])
-    style_loss: str = "gram"
+    style_loss: str = "auto"  # or one of STYLE_LOSSES; auto: AUTO_STYLE_LOSS[loss_net]
     device: str = "auto"
     seed: int = 0
     checkpoint_every: int = 500

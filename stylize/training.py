@@ -24,7 +24,7 @@ from .images import load_image, save_image
 from .losses import PerceptualLoss
 from .networks import NetConfig, TransformerNet
 from .norms import Condition
-from .settings import NORMS, TrainConfig
+from .settings import NORMS, STYLE_LOSSES, TrainConfig, style_loss_for
 from .vgg import loss_network
 
 
@@ -170,7 +170,8 @@ class TransformerRecipe:
         self.net = TransformerNet(NetConfig(norm, len(names), cfg.strength, cfg.width)).to(device)
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
-                                   cfg.content_layers, cfg.style_layers, cfg.style_loss).to(device)
+                                   cfg.content_layers, cfg.style_layers,
+                                   style_loss_for(cfg.loss_net, cfg.style_loss)).to(device)
         self.loss.set_styles([im.to(device) for im in images])  # style targets in fp32, before any lever
         if "bf16" in levers:
             self.loss.net.features.to(torch.bfloat16)
@@ -187,13 +188,14 @@ class TransformerRecipe:
         b, n_styles = self.cfg.batch_size, len(self.names)  # the whole batch, over every process
         style_index = torch.randint(n_styles, (b,), generator=draws)  # drawn even for a skipped batch,
         strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # so resume stays in step
+        directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
         if x is None:
             return None, 0
         style_index, strength = self.shard.part(style_index), self.shard.part(strength)
         si, st = style_index[:len(x)].to(self.device), strength[:len(x)].to(self.device)
         cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.strength else None)
         y = self.model(x, cond)
-        return self.loss(y, x, si, st, self.weights), len(x)
+        return self.loss(y, x, si, st, self.weights, directions), len(x)
 
     @torch.no_grad()
     def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
@@ -295,6 +297,10 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         raise StylizeError(f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORMS)}")
     if not cfg.style:
         raise StylizeError("no style image; pass --style IMAGE (several, or a folder, for --norm conditional)")
+    # "auto" resolved here, so the model file records the statistic it was trained with
+    cfg = replace(cfg, style_loss=style_loss_for(cfg.loss_net, cfg.style_loss))
+    if cfg.style_loss not in STYLE_LOSSES:
+        raise StylizeError(f"unknown style loss {cfg.style_loss!r}; choose one of auto, {', '.join(STYLE_LOSSES)}")
     device = pick_device(cfg.device)
     with distributed.session(device) as shard:  # one of several processes under torchrun, else alone
         return _train(cfg, progress, ckpt, levers, shard)

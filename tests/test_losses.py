@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from stylize.losses import PerceptualLoss, gram, mean_std, relative_error, style_stats, total_variation
+from stylize.losses import (SLICED_POOL, PerceptualLoss, gram, mean_std, quantiles, relative_error, sliced_directions,
+                            sliced_distance, sorted_projections, style_stats, total_variation)
 from stylize.vgg import VGGFeatures
 
 
@@ -91,7 +92,7 @@ def small_feature_net() -> VGGFeatures:
     return VGGFeatures(features, ["relu1_1", "relu1_2", "relu2_1"], "test features")
 
 
-@pytest.mark.parametrize("kind", ["gram", "meanstd"])
+@pytest.mark.parametrize("kind", ["gram", "meanstd", "sliced"])
 def test_perceptual_loss_terms(kind):
     g = torch.Generator().manual_seed(3)
     styles = [torch.rand(3, 24, 20, generator=g), torch.rand(3, 16, 16, generator=g) ** 3]
@@ -120,8 +121,9 @@ def test_perceptual_loss_terms(kind):
     torch.testing.assert_close(terms["pixel"], ((1 - s) * mse).mean())
 
 
-def test_perceptual_loss_gradients_reach_the_output():
-    loss = PerceptualLoss(small_feature_net(), ["relu1_2"], ["relu1_1"], "gram")
+@pytest.mark.parametrize("kind", ["gram", "sliced"])
+def test_perceptual_loss_gradients_reach_the_output(kind):
+    loss = PerceptualLoss(small_feature_net(), ["relu1_2"], ["relu1_1"], kind)
     loss.set_styles([torch.rand(3, 16, 16)])
     y = torch.rand(1, 3, 16, 16, requires_grad=True)
     loss(y, torch.rand(1, 3, 16, 16), weights={"content": 1, "style": 1, "tv": 1, "pixel": 1})["total"].backward()
@@ -132,3 +134,61 @@ def test_perceptual_loss_gradients_reach_the_output():
 def test_unknown_style_loss_is_refused():
     with pytest.raises(ValueError):
         PerceptualLoss(small_feature_net(), ["relu1_1"], ["relu1_1"], "fourier")
+
+
+def test_sliced_directions_are_unit_and_deterministic():
+    d = sliced_directions(6)
+    assert d.shape == (6, 6)
+    torch.testing.assert_close(d.norm(dim=0), torch.ones(6))
+    assert torch.equal(d, sliced_directions(6)) and not torch.equal(d, sliced_directions(6, seed=1))
+
+
+def test_sliced_distance_compares_distributions_not_positions():
+    g = torch.Generator().manual_seed(4)
+    f = torch.rand(2, 5, 6, 7, generator=g)
+    d = sliced_directions(5)
+    p = sorted_projections(f, d)
+    assert p.shape == (2, 5, 42) and bool((p[..., 1:] >= p[..., :-1]).all())
+    torch.testing.assert_close(sliced_distance(p, p), torch.zeros(2))
+    # the same feature vectors at shuffled positions: the same distribution
+    shuffled = f.flatten(2)[:, :, torch.randperm(42, generator=g)].reshape(f.shape)
+    torch.testing.assert_close(sliced_distance(sorted_projections(shuffled, d), p), torch.zeros(2))
+    # a target taken on a larger image of the same distribution (every vector twice) is read at matching ranks
+    twice = torch.cat([f, f], dim=3)
+    assert float(sliced_distance(p, quantiles(sorted_projections(twice, d))).max()) < 1e-3
+    # other features: positive
+    assert float(sliced_distance(sorted_projections(f ** 2, d), p).min()) > 1e-3
+
+
+def test_sliced_sees_what_a_gram_matrix_misses():
+    # one channel: +-1 everywhere, or 0 and +-sqrt(2): the same Gram (mean square 1), other distributions
+    signs = torch.tensor([1.0, -1.0]).repeat(32).view(1, 1, 8, 8)
+    spiky = torch.tensor([0.0, 2 ** 0.5, 0.0, -(2 ** 0.5)]).repeat(16).view(1, 1, 8, 8)
+    torch.testing.assert_close(gram(signs), gram(spiky))
+    d = sliced_directions(1)
+    assert float(sliced_distance(sorted_projections(spiky, d), sorted_projections(signs, d))) > 0.1
+
+
+def test_quantiles_keep_the_extremes():
+    p = torch.arange(5000.0).view(1, 1, -1)
+    q = quantiles(p, levels=11)
+    assert q.shape == (1, 1, 11) and float(q[0, 0, 0]) == 0 and float(q[0, 0, -1]) == 4999
+    assert torch.equal(quantiles(p[..., :7]), p[..., :7])  # fewer values than levels: all of them
+
+
+def test_sliced_loss_draws_directions_reproducibly():
+    g = torch.Generator().manual_seed(5)
+    style = torch.rand(3, 16, 16, generator=g)
+    loss = PerceptualLoss(small_feature_net(), ["relu1_2"], ["relu1_1", "relu2_1"], "sliced")
+    loss.set_styles([style])
+    assert loss.directions["relu2_1"].shape == (6, 6 * SLICED_POOL)
+    a, b = loss.draw_directions(torch.Generator().manual_seed(0)), loss.draw_directions(torch.Generator().manual_seed(0))
+    assert list(a) == ["relu1_1", "relu2_1"] and all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(set(a["relu2_1"].tolist())) == sorted(a["relu2_1"].tolist()) and len(a["relu2_1"]) == 6
+    c = loss.draw_directions(torch.Generator().manual_seed(1))
+    assert not torch.equal(a["relu2_1"], c["relu2_1"])
+    x = torch.rand(1, 3, 16, 16, generator=g)
+    for d in (a, c, None):  # whichever directions: zero for the style itself, positive for another image
+        assert float(loss(style[None], x, directions=d)["style"]) < 1e-6
+        assert float(loss(x, x, directions=d)["style"]) > 1e-3
+    assert PerceptualLoss(small_feature_net(), ["relu1_2"], ["relu1_1"], "gram").draw_directions(g) is None

@@ -92,7 +92,7 @@ def test_model_file_round_trip(trained):
     assert raw["format"] == modelfile.FORMAT and raw["kind"] == "transformer"
     assert raw["net"] == {"norm": "instance", "num_styles": 1, "strength": True, "width": 8}
     assert raw["styles"] == ["stripes"]
-    assert raw["train"] == asdict(trained.cfg)
+    assert raw["train"] == {**asdict(trained.cfg), "style_loss": "sliced"}  # "auto", resolved for --loss-net random
     assert raw["iteration"] == 30 and raw["metrics"]["skipped_photos"] == 0
     assert "optimizer" not in raw  # a finished model, not a checkpoint
     ckpt = torch.load(trained.run / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -110,6 +110,13 @@ def test_model_file_round_trip(trained):
         ref = net.eval()(x[None], None)[0].clamp(0, 1)  # with no condition: first style, full strength
     torch.testing.assert_close(stylizer(x), ref)
     assert modelfile.describe(modelfile.load(trained.run / "checkpoint.pt"))["checkpoint"] is True
+
+
+def test_an_explicit_style_loss_is_kept(tmp_path, photos_dir, style_path):
+    path = train(tiny_config(tmp_path, photos_dir, [style_path], iterations=1, style_loss="gram"))
+    assert modelfile.load(path)["train"]["style_loss"] == "gram"  # old models and explicit choices stay Gram
+    with pytest.raises(StylizeError, match="unknown style loss 'fourier'"):
+        train(tiny_config(tmp_path, photos_dir, [style_path], style_loss="fourier"))
 
 
 def test_resuming_a_finished_model_is_refused(trained, tmp_path):
