@@ -260,14 +260,19 @@ def run_stylize(spec: dict) -> dict:
     levers = speed.parse_levers(spec["levers"], device)
     target = spec["target_loss"]
     iterations = max(spec["iterations"], spec["max_iterations"] if target is not None else 0)
-    cfg = TrainConfig(
-        style=[spec["style"]], content=spec["content"], out=str(Path(spec["tmp"]) / "stylize" / "model.pt"),
-        norm=spec["norm"], width=spec["width"], strength=spec["strength"], iterations=iterations,
-        batch_size=spec["batch"], image_size=spec["size"], style_size=spec["style_size"], loss_net="vgg16",
-        vgg_weights=spec["vgg_file"], device=spec["device"], seed=spec["seed"], checkpoint_every=0,
-        sample_every=iterations + 1,
-        # the plain loop's loss: Gram matrices at the ends of its four slices, content at relu2_2
-        style_loss="gram", content_layers=["relu2_2"], style_layers=["relu1_2", "relu2_2", "relu3_3", "relu4_3"])
+    if spec["recipe"]:  # the shipped recipe as `stylize train` runs it: settings.TrainConfig's defaults
+        cfg = TrainConfig(style=[spec["style"]], content=spec["content"], iterations=iterations,
+                          out=str(Path(spec["tmp"]) / "stylize" / "model.pt"), device=spec["device"],
+                          seed=spec["seed"], checkpoint_every=0, sample_every=iterations + 1)
+    else:
+        cfg = TrainConfig(
+            style=[spec["style"]], content=spec["content"], out=str(Path(spec["tmp"]) / "stylize" / "model.pt"),
+            norm=spec["norm"], width=spec["width"], strength=spec["strength"], iterations=iterations,
+            batch_size=spec["batch"], image_size=spec["size"], style_size=spec["style_size"], loss_net="vgg16",
+            vgg_weights=spec["vgg_file"], device=spec["device"], seed=spec["seed"], checkpoint_every=0,
+            sample_every=iterations + 1,
+            # the plain loop's loss: Gram matrices at the ends of its four slices, content at relu2_2
+            style_loss="gram", content_layers=["relu2_2"], style_layers=["relu1_2", "relu2_2", "relu3_3", "relu4_3"])
     times, losses, out = [], [], {"peak_memory_mb": None, "seconds_to_target": None, "iterations_to_target": None}
 
     def progress(p):
@@ -297,6 +302,13 @@ def run_stylize(spec: dict) -> dict:
                final_loss=statistics.fmean(losses[max(0, n - TARGET_WINDOW):n]),
                levers=sorted(levers), iterations_run=len(times))
     return out
+
+
+def recipe_model() -> str:
+    from stylize.settings import TrainConfig
+
+    t = TrainConfig()
+    return f"recipe: {t.network} w{t.width}, {t.image_size} px"
 
 
 def child(spec: dict) -> None:
@@ -365,6 +377,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--target-loss", type=float, help="also time stylize to this total loss (10-iteration mean)")
     ap.add_argument("--max-iterations", type=int, default=2000, help="give up on the target after this many")
     ap.add_argument("--repeats", type=int, default=1, help="run every measurement this many times; median")
+    ap.add_argument("--recipe", action="store_true", help="the stylize rows train the default recipe (its network, "
+                    "loss network, crop size and weights: settings.TrainConfig) instead of the plain row's setup")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--in-process", action="store_true", help="run both paths in this process (quick checks; "
                     "plain runs first, so stylize's process-wide switches cannot speed it up)")
@@ -403,7 +417,7 @@ def main(argv=None) -> list[dict]:
                     norm=args.norm, width=args.width, strength=args.strength, content=str(content),
                     style=str(style), style_size=args.style_size, vgg_file=vgg_file, seed=0, tmp=str(tmp),
                     plain_workers=args.plain_workers, target_loss=args.target_loss,
-                    max_iterations=args.max_iterations)
+                    max_iterations=args.max_iterations, recipe=args.recipe)
         results: dict[tuple, list[dict]] = {}
         for r in range(args.repeats):
             for b in batches:
@@ -421,7 +435,9 @@ def main(argv=None) -> list[dict]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for (b, path, lv), runs in results.items():
         med = sorted(runs, key=lambda x: x["per_second"])[len(runs) // 2]
-        row = dict(device=device.type, device_name=med["device_name"], model=model, size=args.size, batch=b,
+        recipe = path == "stylize" and args.recipe
+        row = dict(device=device.type, device_name=med["device_name"], size=args.size, batch=b,
+                   model=recipe_model() if recipe else model,
                    path=path, per_second=round(statistics.median(x["per_second"] for x in runs), 3),
                    peak_memory_mb=round(med["peak_memory_mb"], 1), levers=med["levers"], loss_net=vgg_words,
                    photos=photos, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,

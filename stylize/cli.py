@@ -13,7 +13,7 @@ from typing import List, Optional
 import typer
 
 from .errors import StylizeError
-from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, TrainConfig
+from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, LR_SCHEDULES, NETWORKS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fast neural style transfer: train style networks and apply them to photos.")
@@ -62,18 +62,23 @@ def train(
     content: Optional[Path] = typer.Option(T.content, help="Folder of training photos [default: $STYLIZE_CONTENT or ~/.stylize/content]."),
     out: Path = typer.Option(T.out, "--out", "-o", help="Model file to write; run files go to <out>_run/."),
     norm: str = typer.Option(T.norm, help=f"Normalization: {', '.join(NORMS)}."),
-    width: int = typer.Option(T.width, help="Channels of the first layer (32 as in Johnson et al.; 16 is faster)."),
+    network: str = typer.Option(T.network, help=f"Architecture: {', '.join(NETWORKS)} (light: separable residual blocks, fast on CPUs)."),
+    width: int = typer.Option(T.width, min=1, help="Channels of the first layer (32 as in Johnson et al.)."),
     strength: bool = typer.Option(T.strength, help="Train for every style strength (enables apply --style-weight)."),
     iterations: int = typer.Option(T.iterations, min=1),
     batch_size: int = typer.Option(T.batch_size, min=1, help="Photos per iteration; under torchrun, per process."),
     image_size: int = typer.Option(T.image_size, min=16, help="Side of the square training crops."),
+    content_size: int = typer.Option(T.content_size, min=0, help="Shorter side training photos are resized to "
+                                     "before cropping (0: the crop size); larger: crops show details, strokes come out larger."),
     style_size: int = typer.Option(T.style_size, min=16, help="Longest side of the style image for its statistics."),
     content_weight: float = typer.Option(T.content_weight, min=0),
     style_weight: float = typer.Option(T.style_weight, min=0, help="Weight of the style loss."),
     tv_weight: float = typer.Option(T.tv_weight, min=0, help="Weight of the total-variation loss."),
     pixel_weight: float = typer.Option(T.pixel_weight, min=0, help="Pull of low-strength outputs toward the photo."),
     lr: float = typer.Option(T.lr, min=0),
-    loss_net: str = typer.Option(T.loss_net, help=f"Perceptual network: {', '.join(LOSS_NETS)} (random works offline)."),
+    lr_schedule: str = typer.Option(T.lr_schedule, help="cosine (down to lr/10 at the end) or constant."),
+    loss_net: str = typer.Option(T.loss_net, help=f"Perceptual network: {', '.join(LOSS_NETS)} (auto: vgg16 "
+                                 "where its ImageNet weights are at hand, else efficientnet-lite0)."),
     vgg_weights: Optional[Path] = typer.Option(T.vgg_weights, help="torchvision VGG state-dict file, for offline machines."),
     style_loss: str = typer.Option(T.style_loss, help=f"Style statistic: auto, {', '.join(STYLE_LOSSES)} (auto: {_AUTO})."),
     device: str = typer.Option(T.device, help=f"{', '.join(DEVICES)}."),
@@ -87,6 +92,8 @@ def train(
 ):
     """Train a style network on photos with a perceptual loss."""
     _choice(norm, NORMS, "--norm")
+    _choice(network, NETWORKS, "--network")
+    _choice(lr_schedule, LR_SCHEDULES, "--lr-schedule")
     _choice(loss_net, LOSS_NETS, "--loss-net")
     _choice(style_loss, ("auto",) + STYLE_LOSSES, "--style-loss")
     _choice(device, DEVICES, "--device")
@@ -96,16 +103,19 @@ def train(
     from .training import Interrupted, train as run
 
     cfg = TrainConfig(style=[str(s) for s in style], content=str(content) if content else None, out=str(out),
-                      norm=norm, width=width, strength=strength, iterations=iterations, batch_size=batch_size,
-                      image_size=image_size, style_size=style_size, content_weight=content_weight,
+                      norm=norm, network=network, width=width, strength=strength, iterations=iterations, batch_size=batch_size,
+                      image_size=image_size, content_size=content_size, style_size=style_size, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight, pixel_weight=pixel_weight, lr=lr,
-                      loss_net=loss_net, vgg_weights=str(vgg_weights) if vgg_weights else None,
+                      lr_schedule=lr_schedule, loss_net=loss_net, vgg_weights=str(vgg_weights) if vgg_weights else None,
                       style_loss=style_loss, device=device, seed=seed, checkpoint_every=checkpoint_every,
                       sample_every=sample_every, workers=workers, levers=levers)
     bar = None
 
     def progress(p):
         nonlocal bar
+        if p.event == "loss_net":
+            typer.echo(p.note)
+            return
         if bar is None:
             bar = tqdm(total=p.iterations, initial=p.iteration - 1, unit="it", dynamic_ncols=True)
         if p.event == "step":
@@ -199,7 +209,7 @@ def apply(
         return load_stylizer(model, device, style_size, tile, memory, notice=notice, tile_progress=tile_progress)
 
     stylizer = _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, style_size, memory,
-                              notice, torch_stylizer) or torch_stylizer()
+                              notice, torch_stylizer, default=not style and style_weight == 1.0) or torch_stylizer()
     # the bar counts the work to do, so its img/s is the real rate on a resumed run
     existing = ({p for p in output_paths(items, out, out_dir)[shard.rank::shard.world] if p.exists()}
                 if skip_existing else set())
@@ -232,7 +242,8 @@ def apply(
         raise typer.Exit(1)
 
 
-def _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, style_size, memory, notice, fallback):
+def _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, style_size, memory, notice, fallback,
+                   default=False):
     """The ONNX Runtime stylizer where it covers the request (onnx_runtime.py), else None."""
     from . import onnx_runtime
 
@@ -241,7 +252,7 @@ def _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, st
     why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if mask else
            "--tile" if tile else "--preserve-color" if preserve_color else None)
     if why is None:
-        fast = onnx_runtime.load(model, style_size, memory, notice, fallback)
+        fast = onnx_runtime.load(model, style_size, memory, notice, fallback, default)
         if not (fast.adaptive and style and len(style) > 1):
             return fast
         why = "style interpolation"

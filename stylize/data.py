@@ -33,8 +33,12 @@ def content_files(folder: str | Path | None) -> list[Path]:
 
 
 class CropDataset(Dataset):
-    def __init__(self, files: list[Path], image_size: int, seed: int):
+    """Square crops of `image_size` from photos resized so their shorter side is `content_size`
+    (0: the crop size, so a crop spans the photo's shorter side)."""
+
+    def __init__(self, files: list[Path], image_size: int, seed: int, content_size: int = 0):
         self.files, self.size, self.seed = files, image_size, seed
+        self.scale = max(content_size, image_size)
         self._epoch, self._perm = -1, None
 
     def __len__(self):
@@ -51,7 +55,7 @@ class CropDataset(Dataset):
             x, _ = load_image(self._file(n))
         except StylizeError:
             return None
-        x = fit_shorter_side(x, self.size)
+        x = fit_shorter_side(x, self.scale)
         top, left, flip = crop_draw(self.seed, n, x.shape[1], x.shape[2], self.size)
         x = x[:, top:top + self.size, left:left + self.size]
         if flip:
@@ -109,14 +113,14 @@ def collate(samples):
 
 
 def batches(files, image_size, batch_size, seed, start_iteration, iterations, workers=0, pin=False, device=None,
-            rank=0, world=1):
+            rank=0, world=1, content_size=0):
     """Yields (batch or None, skipped count) for iterations start_iteration..iterations-1. With a
     device, the crops are cut there from a cache of decoded photos (DeviceCrops, a CUDA speed lever).
     batch_size is the whole batch: with `world` processes, process `rank` gets its slice of each."""
     if device is not None:
         return DeviceCrops(files, image_size, batch_size, seed, start_iteration, iterations, device, workers,
-                           rank=rank, world=world)
-    ds = CropDataset(files, image_size, seed)
+                           rank=rank, world=world, content_size=content_size)
+    ds = CropDataset(files, image_size, seed, content_size)
     sampler = SampleRange(start_iteration, iterations, batch_size, rank, world)
     return DataLoader(ds, batch_size=batch_size // world, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=pin, persistent_workers=False)
@@ -152,8 +156,9 @@ class DeviceCrops:
 
     def __init__(self, files, image_size: int, batch_size: int, seed: int, start_iteration: int,
                  iterations: int, device, workers: int = 0, cache_bytes: int | None = None,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, content_size: int = 0):
         self.files, self.size, self.batch_size, self.seed = list(files), image_size, batch_size, seed
+        self.scale = max(content_size, image_size)
         share = batch_size // world  # this process's slice of each batch, as in SampleRange
         self.first, self.last = rank * share, (rank + 1) * share - 1
         self.start, self.stop = start_iteration * batch_size, iterations * batch_size
@@ -176,8 +181,8 @@ class DeviceCrops:
 
     def _fit(self, index: int, raw: torch.Tensor) -> torch.Tensor:
         x = raw.to(self.device, non_blocking=True)
-        if min(x.shape[1:]) != self.size:
-            x = fit_shorter_side(x.float() / 255, self.size).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        if min(x.shape[1:]) != self.scale:
+            x = fit_shorter_side(x.float() / 255, self.scale).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
         if self.cached_bytes + x.numel() <= self.cache_bytes:
             self.cache[index] = x
             self.cached_bytes += x.numel()

@@ -39,6 +39,21 @@ class _Transformer(nn.Module):
         return self.net(image, Condition(styles, strength if self.strength else None)).clamp(0, 1)
 
 
+class _Default(nn.Module):
+    """The transformer at its default condition, the first style at full strength, as constants: ONNX
+    Runtime then folds every conditional scale and shift into the convolutions before them (and the
+    ReLU into them too), which runs the light network about a quarter faster on a CPU."""
+
+    def __init__(self, net, strength: bool, num_styles: int):
+        super().__init__()
+        self.net = net
+        self.register_buffer("styles", torch.nn.functional.one_hot(torch.tensor([0]), num_styles).float())
+        self.register_buffer("strength", torch.ones(1) if strength else None)
+
+    def forward(self, image):
+        return self.net(image, Condition(self.styles, self.strength)).clamp(0, 1)
+
+
 class _AdaIN(nn.Module):
     def __init__(self, net):
         super().__init__()
@@ -57,9 +72,11 @@ class ExportReport:
     seconds: float
 
 
-def export_onnx(model: str | Path, out: str | Path, check: bool = True) -> ExportReport:
+def export_onnx(model: str | Path, out: str | Path, check: bool = True, default: bool = False) -> ExportReport:
     """Write `model` as an ONNX graph at `out` (atomically) and, with check, run it in ONNX Runtime
-    against PyTorch on two test images of odd sizes; a difference over 1e-3 is an error."""
+    against PyTorch on two test images of odd sizes; a difference over 1e-3 is an error. With
+    `default`, a transformer model's graph takes the image alone and stylizes with the first style
+    at full strength (_Default; its metadata says "default": true)."""
     from .inference import load_stylizer
 
     t0 = time.perf_counter()
@@ -84,6 +101,9 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True) -> Expor
         args = (image, torch.full((1, n), 1.0 / n), torch.tensor([1.0]))
         dims = {"image": {2: torch.export.Dim("h4", min=2, max=8192) * 4, 3: torch.export.Dim("w4", min=2, max=8192) * 4},
                 "styles": None, "strength": None}
+        if default:
+            module, names, args, dims = _Default(stylizer.net, meta["strength"], n), ["image"], (image,), {"image": dims["image"]}
+            meta["default"] = True
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -126,8 +146,11 @@ def _check(path: Path, stylizer, adaptive: bool) -> float:
         else:
             n = len(stylizer.styles)
             weights = torch.full((n,), 1.0 / n)
+            strength = 0.6 if fast.meta["strength"] else 1.0
+            if fast.meta.get("default"):
+                weights, strength = torch.nn.functional.one_hot(torch.tensor(0), n).float(), 1.0
             with torch.inference_mode():
-                ref = stylizer(x, weights, 0.6 if fast.meta["strength"] else 1.0)
-            got = fast.stylize(x.numpy(), weights.tolist(), 0.6 if fast.meta["strength"] else 1.0)
+                ref = stylizer(x, weights, strength)
+            got = fast.stylize(x.numpy(), weights.tolist(), strength)
         worst = max(worst, float((torch.from_numpy(got) - ref.detach()).abs().max()))
     return worst

@@ -98,6 +98,7 @@ def describe(obj: dict) -> dict:
         "styles": list(obj.get("styles", [])),
         "strength": bool(net.get("strength", False)),
         "width": net.get("width"),
+        "network": net.get("network", "johnson") if obj.get("kind") == "transformer" else None,
         "loss_net": train.get("loss_net"),
         "iterations": obj.get("iteration", train.get("iterations")),
         "image_size": train.get("image_size"),

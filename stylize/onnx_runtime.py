@@ -53,16 +53,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def cached_graph(model: str | Path, notice: Callable[[str], None] | None = None) -> Path:
-    """The model's ONNX graph in the cache, exported (and checked against PyTorch) on first use."""
+def cached_graph(model: str | Path, notice: Callable[[str], None] | None = None, default: bool = False) -> Path:
+    """The model's ONNX graph in the cache, exported (and checked against PyTorch) on first use; with
+    `default`, the faster graph of its default condition (export._Default), for transformer models."""
     path = modelfile.resolve(model)
-    graph = cache_dir() / "onnx" / f"{path.stem}-{file_sha256(path)[:20]}.onnx"
+    graph = cache_dir() / "onnx" / f"{path.stem}-{file_sha256(path)[:20]}{'-default' if default else ''}.onnx"
     if not graph.exists():
         if notice:
             notice(f"preparing {path.stem} for ONNX Runtime (once; cached in {graph.parent})")
         from .export import export_onnx
 
-        export_onnx(path, graph)
+        export_onnx(path, graph, default=default)
     return graph
 
 
@@ -78,7 +79,7 @@ class OnnxStylizer:
             self.meta = json.loads(self.session.get_modelmeta().custom_metadata_map["stylize"])
         except Exception as e:
             raise StylizeError(f"{graph}: not a stylize ONNX graph ({type(e).__name__})")
-        self.name = Path(graph).stem.rsplit("-", 1)[0]
+        self.name = Path(graph).stem.removesuffix("-default").rsplit("-", 1)[0]
         self.styles: list[str] = self.meta["styles"]
         self.adaptive = self.meta["kind"] == "adain"
         self.inputs = {i.name for i in self.session.get_inputs()}
@@ -103,6 +104,9 @@ class OnnxStylizer:
         if self.adaptive:
             feed["style"] = np.ascontiguousarray(style[None], dtype=np.float32)
             feed["alpha"] = np.array([strength], dtype=np.float32)
+        elif self.meta.get("default"):
+            if (weights and weights != [1.0] + [0.0] * (len(self.styles) - 1)) or strength != 1.0:
+                raise StylizeError(f"{self.name}: this graph stylizes only with the first style at full strength")
         else:
             feed["styles"] = np.array([weights or [1.0] + [0.0] * (len(self.styles) - 1)], dtype=np.float32)
             if "strength" in self.inputs:
@@ -145,9 +149,14 @@ class OnnxStylizer:
             y = self.stylize(photo, strength=strength, style=cond)
         else:
             y = self.stylize(photo, cond, strength)
-        return np.round(y * 255).astype(np.uint8)
+        y = y * 255
+        return np.round(y, out=y).astype(np.uint8)  # in place: one photo-sized temporary fewer
 
 
 def load(model: str | Path, style_size: int | None = ApplyConfig.style_size, memory_mb: float = ApplyConfig.memory_mb,
-         notice: Callable[[str], None] | None = None, fallback: Callable[[], object] | None = None) -> OnnxStylizer:
-    return OnnxStylizer(cached_graph(model, notice), style_size, memory_mb, fallback)
+         notice: Callable[[str], None] | None = None, fallback: Callable[[], object] | None = None,
+         default: bool = False) -> OnnxStylizer:
+    """`default`: the request is the model's default condition (no --style, full strength), so a
+    transformer model runs its faster default graph (an adaptive model needs a --style, so for it the
+    flag changes nothing: its graph is exported as always, and its condition() asks for the style)."""
+    return OnnxStylizer(cached_graph(model, notice, default), style_size, memory_mb, fallback)

@@ -6,11 +6,24 @@ from dataclasses import dataclass, field, fields
 
 TRANSFORMER_NORMS = ("instance", "conditional", "batch", "layer", "group", "none")  # layers of the Johnson network
 NORMS = TRANSFORMER_NORMS + ("adaptive",)  # adaptive: the AdaIN encoder-decoder (adain.py)
-LOSS_NETS = ("vgg16", "vgg19", "random")  # random: the offline choice (no download)
+# auto: vgg16 where its ImageNet weights are at hand (cached, a file, or a download), else
+# efficientnet-lite0, whose ImageNet weights install with pip; random: the fallback with no weights at all
+LOSS_NETS = ("auto", "vgg16", "vgg19", "efficientnet-lite0", "random")
 STYLE_LOSSES = ("gram", "meanstd", "sliced")
-# What style_loss="auto" means per loss network. Gram for ImageNet VGG (Johnson et al.); sliced
+# What style_loss="auto" means per loss network. Gram for ImageNet features (Johnson et al.); sliced
 # Wasserstein for random features, which closes the most of the gap to ImageNet (bench/loss_nets.py).
-AUTO_STYLE_LOSS = {"vgg16": "gram", "vgg19": "gram", "random": "sliced"}
+AUTO_STYLE_LOSS = {"vgg16": "gram", "vgg19": "gram", "efficientnet-lite0": "gram", "random": "sliced"}
+# The layers each loss network's content and style terms read when the settings name none.
+# VGG: Johnson et al.'s. EfficientNet-Lite0: chosen by measurement (bench/lite_taps.py): the stem and
+# the expansion ReLU6 of blocks 1, 3, 5 and 8 (1/2 to 1/16 resolution) for style, block 5's for content.
+_VGG_LAYERS = (["relu2_2"], ["relu1_2", "relu2_2", "relu3_3", "relu4_3"])
+LOSS_NET_LAYERS = {
+    "vgg16": _VGG_LAYERS, "vgg19": _VGG_LAYERS, "random": _VGG_LAYERS,
+    "efficientnet-lite0": (["block5_expand"],
+                           ["stem", "block1_expand", "block3_expand", "block5_expand", "block8_expand"]),
+}
+LR_SCHEDULES = ("cosine", "constant")  # training.learning_rate
+NETWORKS = ("johnson", "light", "light-instance")  # the transformer network's architecture (networks.py)
 DEVICES = ("auto", "cuda", "mps", "cpu")
 RUNTIMES = ("auto", "torch", "onnx")  # apply on the CPU: see onnx_runtime.py
 DEFAULT_MODEL = "starry_night"  # shipped in weights/
@@ -28,25 +41,30 @@ class TrainConfig:
     content: str | None = None  # folder of training photos; None: $STYLIZE_CONTENT or ~/.stylize/content
     out: str = "model.pt"
     norm: str = "instance"  # or conditional (several styles), adaptive (AdaIN), batch, layer, group, none
-    width: int = 32
+    network: str = "light"
+    width: int = 16
     strength: bool = True  # train for every style strength in [0, 1], not only full strength
-    iterations: int = 2000
+    iterations: int = 3000
     batch_size: int = 4  # under torchrun, per process: a run (its files) records the whole batch
-    image_size: int = 256
-    style_size: int = 512  # longest side of the style image when its statistics are taken
+    image_size: int = 160  # side of the square training crops
+    content_size: int = 480  # shorter side training photos are resized to before cropping; 0: image_size
+    style_size: int = 1024  # longest side of the style image when its statistics are taken
     content_weight: float = 1.0
-    style_weight: float = 10.0
-    tv_weight: float = 10.0
-    pixel_weight: float = 10.0  # pulls low-strength outputs to the photo (only with strength)
+    style_weight: float = 100.0
+    tv_weight: float = 2.0
+    # pulls low-strength outputs to the photo (only with strength); about the style weight, so that
+    # strength 0.5 looks half-way (with 10 against 100, 0.25 already gave 60% of the full change)
+    pixel_weight: float = 100.0
     lr: float = 1e-3
-    loss_net: str = "vgg16"
+    lr_schedule: str = "cosine"  # one of LR_SCHEDULES
+    loss_net: str = "auto"  # one of LOSS_NETS; a run records the one it resolved to
     vgg_weights: str | None = None
-    content_layers: list[str] = field(default_factory=lambda: ["relu2_2"])
-    style_layers: list[str] = field(default_factory=lambda: ["relu1_2", "relu2_2", "relu3_3", "relu4_3"])
+    content_layers: list[str] | None = None  # None: LOSS_NET_LAYERS of the loss network
+    style_layers: list[str] | None = None
     style_loss: str = "auto"  # or one of STYLE_LOSSES; auto: AUTO_STYLE_LOSS[loss_net]
     device: str = "auto"
     seed: int = 0
-    checkpoint_every: int = 500
+    checkpoint_every: int = 250
     sample_every: int = 100
     workers: int = -1  # data loader processes; -1: 4 on CUDA, 0 on CPU
     # speed levers (speed.py): auto (all but compile on CUDA, none elsewhere), none, all, or names
@@ -54,15 +72,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """The settings a model file or checkpoint records; a setting newer than the file takes the
+        value that file was trained with (LEGACY), not today's default, so old runs resume as they were."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**LEGACY, **{k: v for k, v in d.items() if k in names}})
+
+
+# What runs recorded before these settings existed were trained with.
+LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant"}
 
 
 @dataclass
 class ApplyConfig:
     model: str = DEFAULT_MODEL
     style_weight: float = 1.0  # style strength in [0, 1]: 0 gives back the photo
-    style_size: int = 512  # adaptive models: longest side of the style image when encoded
+    style_size: int = 1024  # adaptive models: longest side of the style image when encoded
     max_size: int | None = None  # downscale inputs whose longest side is larger (None: keep the resolution)
     tile: int = 0  # tile side in pixels; 0: tile only images over the memory budget
     # working memory for one pass of the network, MB; larger images are tiled (tiling.py). 2560 runs

@@ -8,6 +8,7 @@ continues the very same run: same batches, same style and strength draws, same l
 from __future__ import annotations
 
 import csv
+import math
 import signal
 import time
 from dataclasses import asdict, dataclass, replace
@@ -24,8 +25,8 @@ from .images import load_image, save_image
 from .losses import PerceptualLoss
 from .networks import NetConfig, TransformerNet
 from .norms import Condition
-from .settings import NORMS, STYLE_LOSSES, TrainConfig, style_loss_for
-from .vgg import loss_network
+from .settings import LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, TrainConfig, style_loss_for
+from .vgg import loss_network, resolve_loss_net
 
 
 @dataclass
@@ -34,8 +35,9 @@ class Progress:
     iterations: int
     losses: dict[str, float]
     skipped: int  # unreadable training photos met so far
-    event: str = "step"  # step, sample, checkpoint
+    event: str = "step"  # step, sample, checkpoint, loss_net (before the first step: which network, why)
     path: Path | None = None
+    note: str = ""
 
 
 class Interrupted(Exception):
@@ -54,6 +56,16 @@ def sample_strengths(batch: int, g: torch.Generator) -> torch.Tensor:
     users apply, so it gets the most training, while the rest teaches the whole range."""
     s = torch.rand(batch, generator=g)
     return torch.where(torch.rand(batch, generator=g) < 0.5, torch.ones_like(s), s)
+
+
+def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+    """The step size at an iteration: constant, or a cosine from lr down to a tenth of it at the end
+    of the run (a departure from Johnson et al.'s constant rate: the last steps average out the
+    noise of small CPU batches instead of adding to it)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    t = min(iteration / max(cfg.iterations, 1), 1.0)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def model_record(net: TransformerNet, cfg: TrainConfig, styles: list[str], half: bool) -> dict:
@@ -167,7 +179,7 @@ class TransformerRecipe:
         names, images = zip(*[load_style(p, cfg.style_size) for p in style_files(cfg.style)])
         self.names, self.cfg, self.device, self.shard = list(names), cfg, device, shard
         norm = "conditional" if cfg.norm == "instance" and len(names) > 1 else cfg.norm
-        self.net = TransformerNet(NetConfig(norm, len(names), cfg.strength, cfg.width)).to(device)
+        self.net = TransformerNet(NetConfig(norm, len(names), cfg.strength, cfg.width, cfg.network)).to(device)
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers,
@@ -215,6 +227,9 @@ class AdaINRecipe:
         from .adain import ENCODER_TAPS, AdaINConfig, AdaINNet
 
         self.cfg, self.device, self.shard = cfg, device, shard
+        if cfg.loss_net == "efficientnet-lite0":
+            raise StylizeError("--norm adaptive has a VGG-19 encoder: give its ImageNet weights with --vgg-weights "
+                               "FILE (torchvision's vgg19 file) or train with --loss-net random")
         arch = "random" if cfg.loss_net == "random" else "vgg19"  # the paper's encoder is VGG-19
         vgg = loss_network(arch, ENCODER_TAPS, cfg.vgg_weights)
         self.net = AdaINNet(AdaINConfig(encoder=vgg.description, width=cfg.width)).to(device)
@@ -297,8 +312,15 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         raise StylizeError(f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORMS)}")
     if not cfg.style:
         raise StylizeError("no style image; pass --style IMAGE (several, or a folder, for --norm conditional)")
-    # "auto" resolved here, so the model file records the statistic it was trained with
-    cfg = replace(cfg, style_loss=style_loss_for(cfg.loss_net, cfg.style_loss))
+    if cfg.network not in NETWORKS:
+        raise StylizeError(f"unknown network {cfg.network!r}; choose one of {', '.join(NETWORKS)}")
+    # every "auto" and unset layer list resolved here, so the model file records what it was trained with
+    loss_net, why = resolve_loss_net(cfg.loss_net, cfg.vgg_weights)
+    if ckpt is None:
+        progress(Progress(0, cfg.iterations, {}, 0, "loss_net", note=f"loss network: {loss_net} ({why})"))
+    content_layers, style_layers = LOSS_NET_LAYERS[loss_net]
+    cfg = replace(cfg, loss_net=loss_net, style_loss=style_loss_for(loss_net, cfg.style_loss),
+                  content_layers=cfg.content_layers or content_layers, style_layers=cfg.style_layers or style_layers)
     if cfg.style_loss not in STYLE_LOSSES:
         raise StylizeError(f"unknown style loss {cfg.style_loss!r}; choose one of auto, {', '.join(STYLE_LOSSES)}")
     device = pick_device(cfg.device)
@@ -336,7 +358,7 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
 
     folder = run_dir(cfg.out)
     (folder / "samples").mkdir(parents=True, exist_ok=True)
-    photos = _sample_photos(files, cfg.image_size)
+    photos = _sample_photos(files, max(cfg.image_size, cfg.content_size))  # at the scale the crops see
     amp = "bf16" in levers
     workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
     skipped, it = 0, start
@@ -354,7 +376,7 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
     with _StopFlag() as flag:
         loader = batches(files, cfg.image_size, cfg.batch_size, cfg.seed, start, cfg.iterations, workers,
                          pin=device.type == "cuda", device=device if "gpu_data" in levers else None,
-                         rank=shard.rank, world=shard.world)
+                         rank=shard.rank, world=shard.world, content_size=cfg.content_size)
         for x, bad in loader:
             stand_in = x is None and shard.world > 1  # every process takes part in a step (DDP): when none
             if stand_in:  # of its share could be read, with a sample photo weighted 0
@@ -367,6 +389,8 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
             n, bad, means = shard.average(terms or {}, used, bad)  # over every process's examples
             skipped += bad
             if n:
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(cfg, it)
                 opt.zero_grad(set_to_none=True)
                 # DDP averages the processes' gradients; weighting each by its examples makes that the
                 # mean over all the batch's examples, as one process would have it (the weight is 1 then)

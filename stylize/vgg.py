@@ -108,7 +108,8 @@ def _load_state(features: nn.Sequential, state: dict, source: str) -> None:
 def imagenet_features(arch: str, weights_file: str | Path | None = None, download: bool = True) -> tuple[nn.Sequential, str]:
     features, url = _torchvision_vgg(arch)
     fix = (f"pass --vgg-weights FILE (torchvision's {Path(url).name}), put that file in "
-           f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or use --loss-net random to train offline")
+           f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or train offline with --loss-net efficientnet-lite0 "
+           "(ImageNet features that install with pip)")
     if weights_file is not None:
         path = Path(weights_file)
         if not path.is_file():
@@ -153,9 +154,55 @@ def random_features(arch: str = "vgg19", seed: int = RANDOM_SEED) -> tuple[nn.Se
     return features, f"random {arch} features (seed {seed})"
 
 
-def loss_network(name: str, taps: list[str], weights_file=None, download: bool = True) -> VGGFeatures:
+def vgg16_available(weights_file=None, download: bool = True) -> tuple[bool, str]:
+    """Whether ImageNet VGG-16 weights are at hand (a file, torchvision's cache, or a download that
+    works), and why, for loss_net="auto"; a download that works is kept in the cache."""
+    if weights_file is not None:
+        return True, f"--vgg-weights {weights_file} given"
+    from torchvision.models import VGG16_Weights
+
+    url = VGG16_Weights.IMAGENET1K_V1.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not cached.is_file() and not (download and not os.environ.get("STYLIZE_OFFLINE") and _reachable(url)):
+        return False, "no ImageNet VGG-16 weights cached or downloadable"
+    try:
+        imagenet_features("vgg16", None, download)
+    except StylizeError:
+        return False, "no ImageNet VGG-16 weights cached or downloadable"
+    return True, "ImageNet VGG-16 weights found"
+
+
+def _reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether a download could start: a HEAD request answered within `timeout` seconds. Without
+    it, a machine whose network drops packets would wait on torch.hub's download for minutes."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+        return True
+    except Exception:
+        return False
+
+
+def resolve_loss_net(name: str, weights_file=None, download: bool = True) -> tuple[str, str]:
+    """The loss network "auto" stands for, and why: VGG-16 where its ImageNet weights are at hand,
+    else EfficientNet-Lite0 (its weights install with pip). Other names stand for themselves."""
     if name not in LOSS_NETS:
         raise StylizeError(f"unknown loss network {name!r}; choose one of {', '.join(LOSS_NETS)}")
+    if name != "auto":
+        return name, "chosen with --loss-net"
+    ok, why = vgg16_available(weights_file, download)
+    return ("vgg16", why) if ok else ("efficientnet-lite0", why)
+
+
+def loss_network(name: str, taps: list[str], weights_file=None, download: bool = True) -> nn.Module:
+    """The frozen perceptual network `name` (not "auto": resolve_loss_net first), returning {tap: features}."""
+    if name not in LOSS_NETS or name == "auto":
+        raise StylizeError(f"unknown loss network {name!r}; choose one of {', '.join(LOSS_NETS[1:])}")
+    if name == "efficientnet-lite0":
+        from .efficientnet import lite0_features
+
+        return lite0_features(taps)
     if name == "random":
         features, desc = random_features()
     else:

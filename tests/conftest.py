@@ -58,12 +58,16 @@ def make_style(seed: int, size: int = 64) -> Image.Image:
 
 
 def tiny_config(tmp: Path, content: Path, style: list[Path], **overrides) -> TrainConfig:
-    """Settings small enough for a CPU test: 32 px crops, width 8, shallow random-VGG layers."""
+    """Settings small enough for a CPU test: 32 px crops, width 8 of the default (light) network,
+    shallow random-VGG layers."""
     cfg = TrainConfig(
         style=[str(s) for s in style], content=str(content) if content else None, out=str(tmp / "model.pt"),
         width=8, iterations=6, batch_size=2, image_size=32, style_size=64,
         loss_net="random", content_layers=["relu1_2"], style_layers=["relu1_2", "relu2_1"],
         device="cpu", checkpoint_every=0, sample_every=1000, workers=0, seed=0,
+        # a constant rate, so that a run extended with --iterations is the longer run (test_training.py);
+        # crops of the whole (tiny) photo
+        lr_schedule="constant", content_size=0,
     )
     for k, v in overrides.items():
         setattr(cfg, k, v)
@@ -156,15 +160,16 @@ def make_model(tmp_path):
     """Write an untrained model file (random weights, random per-style affine parameters)."""
     from stylize.training import model_record
 
-    def make(norm="instance", num_styles=1, strength=True, width=4, name="model", styles=None, seed=0):
+    def make(norm="instance", num_styles=1, strength=True, width=4, name="model", styles=None, seed=0,
+             network="johnson"):
         torch.manual_seed(seed)
-        net = TransformerNet(NetConfig(norm, num_styles, strength, width)).eval()
+        net = TransformerNet(NetConfig(norm, num_styles, strength, width, network)).eval()
         with torch.no_grad():
             for n in net.norms():
                 n.affine.weight.copy_(1 + 0.5 * torch.randn_like(n.affine.weight))
                 n.affine.bias.copy_(0.5 * torch.randn_like(n.affine.bias))
         styles = styles or [f"style{i}" for i in range(num_styles)]
-        rec = model_record(net, TrainConfig(norm=norm, width=width), styles, half=False)
+        rec = model_record(net, TrainConfig(norm=norm, width=width, network=network), styles, half=False)
         return modelfile.save(rec, tmp_path / f"{name}.pt")
 
     return make

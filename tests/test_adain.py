@@ -168,3 +168,13 @@ def test_style_weight_is_checked(adain_model):
     s = load_stylizer(adain_model, "cpu")
     with pytest.raises(StylizeError):
         s(torch.rand(3, 16, 16), None, 1.5)
+
+
+def test_adaptive_training_with_the_efficientnet_loss_says_what_to_do(tmp_path, photos_dir, style_path):
+    from stylize.errors import StylizeError
+    from stylize.training import train
+
+    cfg = tiny_config(tmp_path, photos_dir, [style_path], norm="adaptive", width=4, iterations=1,
+                      loss_net="efficientnet-lite0")
+    with pytest.raises(StylizeError, match="--vgg-weights .* or train with --loss-net random"):
+        train(cfg)

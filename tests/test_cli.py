@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from stylize import modelfile
 from stylize.cli import app
+from stylize.settings import LOSS_NET_LAYERS
 
 from conftest import make_photo
 
@@ -80,13 +82,29 @@ def test_train_writes_a_model_and_run_folder(tmp_path, photos_dir, style_path, s
 def test_train_offline_without_imagenet_weights_says_what_to_do(tmp_path, photos_dir, style_path):
     result = invoke("train", "--style", style_path, "--content", photos_dir, "--out", tmp_path / "m.pt",
                     "--loss-net", "vgg16", "--device", "cpu", "--iterations", 1)
-    assert_clean_failure(result, "--vgg-weights", "--loss-net random")
+    assert_clean_failure(result, "--vgg-weights", "--loss-net efficientnet-lite0")
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_train_by_default_uses_imagenet_features_offline_and_the_light_network(tmp_path, photos_dir, style_path, photo):
+    out = tmp_path / "m.pt"
+    result = invoke("train", "--style", style_path, "--content", photos_dir, "--out", out, "--width", 4,
+                    "--iterations", 2, "--batch-size", 2, "--image-size", 32, "--style-size", 32,
+                    "--device", "cpu", "--checkpoint-every", 0)
+    assert result.exit_code == 0, result.output
+    # the header says which loss network and why (conftest: no VGG weights, downloads fail)
+    assert "loss network: efficientnet-lite0 (no ImageNet VGG-16 weights" in result.stdout
+    info = json.loads(invoke("info", "--json", out).stdout)
+    assert info["loss_net"] == "efficientnet-lite0" and info["network"] == "light"
+    record = modelfile.load(out)
+    assert record["train"]["style_layers"] == list(LOSS_NET_LAYERS["efficientnet-lite0"][1])
+    assert invoke("apply", photo, "--model", out, "--out", tmp_path / "o.png").exit_code == 0  # no flags needed
 
 
 @pytest.mark.parametrize("args, fragment", [
     (["--norm", "spectral"], "--norm"),
     (["--loss-net", "alexnet"], "--loss-net"),
+    (["--network", "resnet"], "--network"),
     (["--device", "tpu"], "--device"),
 ])
 def test_train_bad_choices(tmp_path, photos_dir, style_path, args, fragment):

@@ -45,7 +45,7 @@ RTOL = 1e-3
 # projections swap ranks, so the rounding noise above grows to 1e-3 within 8 steps (measured).
 TRAIN_ARGS = ["--width", "4", "--image-size", "32", "--style-size", "64", "--loss-net", "random", "--device", "cpu",
               "--checkpoint-every", "0", "--sample-every", "1000", "--workers", "0", "--seed", "0", "--no-strength",
-              "--style-loss", "gram"]
+              "--style-loss", "gram", "--lr-schedule", "constant", "--content-size", "0"]
 
 
 def torchrun(home: Path, *args) -> subprocess.CompletedProcess:
@@ -72,7 +72,7 @@ def assert_same_losses(a: list[dict], b: list[dict], rel: float = RTOL):
 
 
 def output_of(state: dict, x: torch.Tensor) -> torch.Tensor:
-    net = TransformerNet(NetConfig("instance", 1, False, 4))
+    net = TransformerNet(NetConfig("instance", 1, False, 4, TrainConfig.network))
     net.load_state_dict({k: v.float() for k, v in state.items()})
     with torch.no_grad():
         return net.eval()(x[None], None)[0]
@@ -101,7 +101,7 @@ def one(tmp_path_factory, content, style_path):
     cfg = TrainConfig(style=[str(style_path)], content=str(content), out=str(tmp / "model.pt"), width=4,
                       strength=False, iterations=N + 2, batch_size=2, image_size=32, style_size=64,
                       loss_net="random", style_loss="gram", device="cpu", checkpoint_every=N, sample_every=1000,
-                      workers=0, seed=0)
+                      workers=0, seed=0, lr_schedule="constant", content_size=0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(vgg, "random_features", cached_random_features)
         train(cfg, progress=keep)

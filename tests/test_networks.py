@@ -11,13 +11,13 @@ from stylize.errors import StylizeError
 from stylize.inference import Stylizer
 from stylize.networks import NetConfig, TransformerNet
 from stylize.norms import Condition, ConditionalAffine
-from stylize.settings import TRANSFORMER_NORMS as NORMS  # settings.NORMS also names adaptive (AdaIN)
+from stylize.settings import NETWORKS, TRANSFORMER_NORMS as NORMS  # settings.NORMS also names adaptive (AdaIN)
 
 
-def random_net(norm="conditional", num_styles=3, strength=True, width=4, seed=0) -> TransformerNet:
+def random_net(norm="conditional", num_styles=3, strength=True, width=4, seed=0, network="johnson") -> TransformerNet:
     """An eval-mode network whose per-style affine parameters differ (fresh ones are all 1 and 0)."""
     torch.manual_seed(seed)
-    net = TransformerNet(NetConfig(norm, num_styles, strength, width)).eval()
+    net = TransformerNet(NetConfig(norm, num_styles, strength, width, network)).eval()
     with torch.no_grad():
         for n in net.norms():
             a = n.affine
@@ -41,10 +41,11 @@ def with_first_style(net: TransformerNet, weight_of, bias_of) -> TransformerNet:
     return other
 
 
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("size", [(32, 32), (36, 44), (44, 20)])
-def test_output_has_input_size_for_multiples_of_4(norm, size):
-    net = TransformerNet(NetConfig(norm=norm, width=4))
+def test_output_has_input_size_for_multiples_of_4(norm, size, network):
+    net = TransformerNet(NetConfig(norm=norm, width=4, network=network))
     x = torch.rand(2, 3, *size)
     for mode in (net.train, net.eval):
         mode()
@@ -131,8 +132,9 @@ def test_strength_interpolates_the_norm_parameters_from_no_style_to_the_style():
     torch.testing.assert_close(affine(x, Condition(onehot)), affine(x, Condition(onehot, torch.ones(2))))
 
 
-def test_strength_zero_gives_back_the_photo_whatever_the_style():
-    net = random_net("conditional", strength=True)
+@pytest.mark.parametrize("network", NETWORKS)
+def test_strength_zero_gives_back_the_photo_whatever_the_style(network):
+    net = random_net("conditional", strength=True, network=network)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         outs = [net(x, Condition(F.one_hot(torch.tensor([i, i]), 3).float(), torch.zeros(2))) for i in range(3)]
@@ -193,3 +195,36 @@ def test_strength_checks(make_model):
         with pytest.raises(StylizeError, match="between 0 and 1"):
             stylizer(x, strength=bad)
     assert (stylizer(x, strength=0.0) - stylizer(x, strength=1.0)).abs().max() > 1e-3
+
+
+def test_the_light_network_costs_a_fraction_of_johnsons():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(network, width):
+        net = TransformerNet(NetConfig("instance", 1, True, width, network)).eval()
+        with FlopCounterMode(display=False) as count, torch.no_grad():
+            net(torch.rand(1, 3, 64, 64))
+        return count.get_total_flops()
+
+    # Johnson et al.'s network at its usual width 32 against the shipped light one at width 16
+    assert flops("light", 16) < flops("johnson", 32) / 8
+
+
+def test_unknown_network_is_refused():
+    with pytest.raises(ValueError, match="unknown network"):
+        TransformerNet(NetConfig(network="resnet"))
+
+
+def test_every_network_name_has_an_architecture():
+    from stylize.networks import ARCHITECTURES
+
+    assert tuple(ARCHITECTURES) == NETWORKS
+
+
+def test_the_light_network_normalizes_only_in_its_encoder():
+    # statistics after the encoder let training hide droplets in them (networks.py)
+    net = TransformerNet(NetConfig("instance", 1, True, 4, "light"))
+    kinds = [type(n.stat).__name__ for n in net.norms()]
+    assert kinds == ["InstanceStat"] * 3 + ["Identity"] * 12
+    ablation = TransformerNet(NetConfig("instance", 1, True, 4, "light-instance"))
+    assert {type(n.stat).__name__ for n in ablation.norms()} == {"InstanceStat"}

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from conftest import make_photo
 from stylize import modelfile, onnx_runtime
 from stylize.cli import app
+from stylize.errors import StylizeError
 from stylize.export import export_onnx
 from stylize.inference import Stylizer
 from stylize.networks import NetConfig, TransformerNet
@@ -55,6 +56,31 @@ def test_onnx_runtime_gives_the_pytorch_picture_for_styles_mixes_and_strengths(c
     assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
     if strength == 0.0:
         assert np.array_equal(got, photo)
+
+
+def test_the_default_graph_is_the_first_style_at_full_strength(cin, exported, tmp_path):
+    graph = export_onnx(cin, tmp_path / "default.onnx", default=True)
+    assert graph.max_difference < 1e-4
+    fast, general = onnx_runtime.OnnxStylizer(graph.path), onnx_runtime.OnnxStylizer(exported.path)
+    assert fast.meta["default"] and fast.inputs == {"image"}
+    photo = np.asarray(make_photo(4, 53, 37), dtype=np.uint8).transpose(2, 0, 1).copy()
+    got, want = fast.run(photo, fast.condition(None), 1.0), general.run(photo, general.condition(None), 1.0)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    for specs, strength in ((["b"], 1.0), (None, 0.5)):  # anything else is not this graph's to do
+        with pytest.raises(StylizeError, match="first style at full strength"):
+            fast.run(photo, fast.condition(specs), strength)
+
+
+def test_cli_apply_runs_the_default_graph_only_for_the_default_request(cin, tmp_path, monkeypatch):
+    monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STYLIZE_RUNTIME", "auto")
+    make_photo(1, 61, 45).save(tmp_path / "p.png")
+    for args in ([], ["--style", "b"]):
+        r = CliRunner().invoke(app, ["apply", str(tmp_path / "p.png"), "--model", str(cin), *args, "--out",
+                                     str(tmp_path / f"o{len(args)}.png"), "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+    graphs = sorted(p.name.endswith("-default.onnx") for p in (tmp_path / "cache" / "onnx").iterdir())
+    assert graphs == [False, True]
 
 
 def test_cli_apply_uses_the_cached_graph_without_importing_torch(cin, tmp_path, monkeypatch):

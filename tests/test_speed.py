@@ -71,6 +71,10 @@ def test_device_crops_are_the_crop_dataset_crops(content):
         for (x, bad), (y, bad2) in zip(got[start:], as_list(other), strict=False):
             assert bad == bad2 and torch.equal(x, y)
     assert DeviceCrops(content, size, b, 0, 0, iterations, "cpu", cache_bytes=0).cache == {}
+    # photos resized to a larger content size first: the same crops both ways
+    ref = as_list(batches(content, size, b, 0, 0, iterations, content_size=56))
+    for (x, _), (y, _) in zip(ref, as_list(DeviceCrops(content, size, b, 0, 0, iterations, "cpu", content_size=56))):
+        assert (x - y).abs().max() <= 0.5 / 255 + 1e-6
 
 
 def test_channels_last_and_bf16_loss_network_give_the_same_loss():

@@ -13,6 +13,7 @@ from stylize.cli import app
 from stylize.errors import StylizeError
 from stylize.images import load_image
 from stylize.inference import Stylizer
+from stylize.settings import TrainConfig
 from stylize.sheet import contact_sheet
 
 
@@ -27,7 +28,8 @@ def trio(tmp_path_factory, photos_dir, style_path, style_path2):
     from stylize.training import train
 
     tmp = tmp_path_factory.mktemp("trio")
-    cfg = tiny_config(tmp, photos_dir, [style_path, style_path2], iterations=120, lr=3e-3, pixel_weight=30.0)
+    cfg = tiny_config(tmp, photos_dir, [style_path, style_path2], iterations=120, lr=3e-3,
+                      pixel_weight=3 * TrainConfig.style_weight)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(tmp / "torch"))
         mp.setenv("STYLIZE_OFFLINE", "1")

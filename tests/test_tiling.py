@@ -81,9 +81,10 @@ def test_walker_is_the_network(norm):
 
 # ------------------------------------------------------------------ tiled == untiled
 
-@pytest.mark.parametrize("norm", ["instance", "conditional", "layer", "group", "batch", "none"])
-def test_tiled_equals_untiled(make_model, norm):
-    s = Stylizer(make_model(norm=norm, num_styles=2 if norm == "conditional" else 1, width=8), "cpu")
+@pytest.mark.parametrize("norm,network", [(n, "johnson") for n in ["instance", "conditional", "layer", "group", "batch", "none"]]
+                         + [("instance", "light"), ("conditional", "light")])
+def test_tiled_equals_untiled(make_model, norm, network):
+    s = Stylizer(make_model(norm=norm, num_styles=2 if norm == "conditional" else 1, width=8, network=network), "cpu")
     x = photo()
     styles = torch.tensor([0.3, 0.7]) if norm == "conditional" else None
     untiled = whole(s, x, styles=styles, strength=0.8)

@@ -87,7 +87,7 @@ def test_missing_imagenet_weights_offline_say_what_to_do():
     with pytest.raises(StylizeError) as e:
         vgg.loss_network("vgg16", ["relu2_2"])
     msg = str(e.value)
-    assert "not cached" in msg and "--vgg-weights" in msg and "--loss-net random" in msg
+    assert "not cached" in msg and "--vgg-weights" in msg and "--loss-net efficientnet-lite0" in msg
     assert "\n" not in msg
 
 
@@ -96,7 +96,7 @@ def test_failed_download_says_what_to_do(monkeypatch):
     with pytest.raises(StylizeError) as e:
         vgg.loss_network("vgg16", ["relu2_2"])
     msg = str(e.value)
-    assert "could not download" in msg and "--vgg-weights" in msg and "--loss-net random" in msg
+    assert "could not download" in msg and "--vgg-weights" in msg and "--loss-net efficientnet-lite0" in msg
 
 
 def test_explicit_vgg16_weights_file_loads(tmp_path):
