@@ -28,6 +28,26 @@ from stylize.images import load_image, save_image  # noqa: E402
 from stylize.inference import Stylizer  # noqa: E402
 
 
+def plot(rows: list[dict], path: Path, photos: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    t = [float(r["minutes"]) for r in rows]
+    for key in ("style_match", "structure"):
+        ax.plot(t, [float(r[key]) for r in rows], marker="o", label=key)
+    ax.set_xlabel("training wall time, minutes")
+    ax.set_ylim(min([0.0] + [float(r["style_match"]) for r in rows]) - 0.05, 1)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend()
+    ax.set_title(f"held out: {photos} photos")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", type=Path)
@@ -61,21 +81,7 @@ def main(argv=None) -> list[dict]:
         w.writeheader()
         w.writerows(rows)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    t = [r["minutes"] for r in rows]
-    for key in ("style_match", "structure"):
-        ax.plot(t, [r[key] for r in rows], marker="o", label=key)
-    ax.set_xlabel("training wall time, minutes")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    ax.set_title(f"held out: {len(photos)} photos")
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
+    plot(rows, args.out, len(photos))
     return rows
 
 

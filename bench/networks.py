@@ -33,9 +33,10 @@ VARIANTS = {  # name: (architecture, width)
     "light w16": ("light", 16),
     "light w24": ("light", 24),
     "light w12": ("light", 12),
-    "light, 9x9 ends, w16": (Architecture(9, 5, True, "encoder"), 16),
-    "light, 3 blocks, w16": (Architecture(5, 3, True, "encoder"), 16),
-    "light, full convs, w16": (Architecture(5, 5, False, "encoder"), 16),
+    "light, early upsampling, w16": (Architecture(5, 5, True, "encoder", False), 16),
+    "light, 9x9 ends, w16": (Architecture(9, 5, True, "encoder", True), 16),
+    "light, 3 blocks, w16": (Architecture(5, 3, True, "encoder", True), 16),
+    "light, full convs, w16": (Architecture(5, 5, False, "encoder", True), 16),
 }
 
 

@@ -6,7 +6,8 @@ benchmark reference only, installed in its own virtualenv; never a dependency of
 
   python bench/peer.py --style-image starry.jpg PHOTO [PHOTO ...] [--model starry_night]
                        [--peer "../shared/tools/peer.sh stylize {photo} -s 19 -o {out} --device cpu"]
-                       [--out-dir bench/out/peer] [--speed-photo P] [--runs 5] [--no-peer] [--json F]
+                       [--out-dir bench/out/peer] [--speed-photo P] [--runs 5] [--speed-format png|jpg]
+                       [--no-peer] [--json F]
 
 Quality: `quality.py CONTENT STYLE OUTPUT` (../shared/tools; --quality FILE) scores every output:
 style_match (share of the photo-to-painting gap in colour-patch distributions that the output closes)
@@ -85,6 +86,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "peer")
     ap.add_argument("--speed-photo", type=Path)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--speed-format", default="png", choices=("png", "jpg"), help="the output both tools write when timed")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     score = load_quality(args.quality)
@@ -116,13 +118,13 @@ def main(argv=None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.runs + 1):  # the first round warms up (and fills stylize's ONNX cache)
                 for name, cmd in tools.items():
-                    t = run(cmd(args.speed_photo, Path(tmp) / f"{name}_{i}.png"))
+                    t = run(cmd(args.speed_photo, Path(tmp) / f"{name}_{i}.{args.speed_format}"))
                     if i:
                         times[name].append(t)
         report["speed"] = {name: {"median_s": round(statistics.median(t), 3), "min_s": round(min(t), 3),
                                   "max_s": round(max(t), 3)} for name, t in times.items()}
         w, h = Image.open(args.speed_photo).size
-        report["speed"]["photo"] = f"{w}x{h}"
+        report["speed"]["photo"] = f"{w}x{h}, written as {args.speed_format.upper()}"
         if "peer" in times:
             report["speed"]["ratio_stylize_over_peer"] = round(
                 statistics.median(times["stylize"]) / statistics.median(times["peer"]), 3)

@@ -12,16 +12,17 @@ Departures from the paper, and why:
 
 Two architectures (NetConfig.network): "johnson", the paper's, and "light", for CPUs, chosen by
 measured apply time (bench/networks.py) and pictures:
-- depthwise-separable residual convolutions (MobileNet's 3x3 depthwise then 1x1 pointwise) and 5x5
-  instead of 9x9 kernels at full resolution: a ninth of the paper's FLOPs at width 32, at width 16;
+- depthwise-separable residual convolutions (MobileNet's 3x3 depthwise then 1x1 pointwise), 5x5
+  instead of 9x9 kernels at full resolution, and the last upsampling after the last 3x3 convolution
+  instead of before it; at width 16, an eleventh of the paper's FLOPs at width 32;
 - instance statistics only in the three encoder layers; the residual blocks and the upsampling
   layers keep their conditional scale and shift (styles, strength) but normalize nothing. With
   statistics there, training makes "droplets", bright saturated blobs in flat areas: the network
   hides a strong local spike in a feature map to control that layer's statistics (Karras et al.,
   StyleGAN2, 2020, who removed the normalization for the same reason). Measured with
-  bench/droplets.py: the decoder's channel kurtosis falls from 26 (72 for "johnson" at width 16) to
-  8.5 and the blobs are gone (docs/droplets.jpg). "light-instance" keeps the statistics everywhere:
-  the ablation.
+  bench/droplets.py (before the late upsampling was adopted): the decoder's channel kurtosis falls
+  from 26 (72 for "johnson" at width 16) to 8.5 and the blobs are gone (docs/droplets.jpg).
+  "light-instance" keeps the statistics everywhere: the ablation.
 """
 from __future__ import annotations
 
@@ -41,13 +42,16 @@ class Architecture:
     # the layers that normalize with statistics: "all", or "encoder" (the three downsampling layers;
     # the residual blocks and the upsampling layers keep only their conditional scale and shift)
     stats: str = "all"
+    # the last upsampling comes after the last 3x3 convolution, not before it: that convolution runs
+    # at half resolution, which saves a full-resolution tensor of twice the width (a CPU's memory traffic)
+    late_upsample: bool = False
 
 
 ARCHITECTURES = {
     "johnson": Architecture(9, 5, False),
-    "light": Architecture(5, 5, True, "encoder"),
+    "light": Architecture(5, 5, True, "encoder", True),
     # the droplet ablation: the light network with instance statistics in every layer (bench/droplets.py)
-    "light-instance": Architecture(5, 5, True, "all"),
+    "light-instance": Architecture(5, 5, True, "all", True),
 }
 
 
@@ -119,9 +123,10 @@ class TransformerNet(nn.Module):
         ])
         after = cfg if arch.stats == "all" else replace(cfg, norm="none")  # the layers after the encoder
         self.res = nn.ModuleList([ResidualBlock(4 * w, after, arch.separable) for _ in range(arch.blocks)])
+        self.late_upsample = arch.late_upsample
         self.up = nn.ModuleList([
             ConvNorm(4 * w, 2 * w, 3, 1, after, upsample=True),
-            ConvNorm(2 * w, w, 3, 1, after, upsample=True),
+            ConvNorm(2 * w, w, 3, 1, after, upsample=not arch.late_upsample),
         ])
         self.out_pad = nn.ReflectionPad2d(arch.end_kernel // 2)
         self.out = nn.Conv2d(w, 3, arch.end_kernel, 1)
@@ -134,6 +139,8 @@ class TransformerNet(nn.Module):
 
     def head(self, x: torch.Tensor, h: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
         """The output layer: photo x and last features h -> image."""
+        if self.late_upsample:
+            h = nn.functional.interpolate(h, scale_factor=2, mode="nearest")
         y = self.out(self.out_pad(h))
         if not self.cfg.strength:
             return y

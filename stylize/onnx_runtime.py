@@ -90,7 +90,8 @@ class OnnxStylizer:
 
     def stylize(self, x: np.ndarray, weights: list[float] | None = None, strength: float = 1.0,
                 style: np.ndarray | None = None) -> np.ndarray:
-        """(3, H, W) float in [0, 1] -> (3, H, W) float in [0, 1]; padded and cropped as in PyTorch."""
+        """(3, H, W) float in [0, 1] -> (3, H, W) float in [0, 1] (a default graph: uint8 -> uint8);
+        padded and cropped as in PyTorch."""
         _, h, w = x.shape
         m = self.meta["multiple"]
         if self.adaptive:
@@ -100,7 +101,7 @@ class OnnxStylizer:
         if ph or pw:
             mode = "reflect" if min(h, w) > max(ph, pw) else "edge"
             x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode=mode)
-        feed = {"image": np.ascontiguousarray(x[None], dtype=np.float32)}
+        feed = {"image": np.ascontiguousarray(x[None], dtype=np.uint8 if self.meta.get("default") else np.float32)}
         if self.adaptive:
             feed["style"] = np.ascontiguousarray(style[None], dtype=np.float32)
             feed["alpha"] = np.array([strength], dtype=np.float32)
@@ -144,6 +145,8 @@ class OnnxStylizer:
 
             self._torch = self._torch or self._fallback()
             return self._torch.run(torch.from_numpy(x), torch.tensor(cond), strength)
+        if self.meta.get("default"):
+            return self.stylize(x, cond, strength)  # uint8 in and out
         photo = x.astype(np.float32) / 255
         if self.adaptive:
             y = self.stylize(photo, strength=strength, style=cond)

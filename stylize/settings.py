@@ -86,7 +86,7 @@ LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant"}
 class ApplyConfig:
     model: str = DEFAULT_MODEL
     style_weight: float = 1.0  # style strength in [0, 1]: 0 gives back the photo
-    style_size: int = 1024  # adaptive models: longest side of the style image when encoded
+    style_size: int = 512  # adaptive models: longest side of the style image when encoded
     max_size: int | None = None  # downscale inputs whose longest side is larger (None: keep the resolution)
     tile: int = 0  # tile side in pixels; 0: tile only images over the memory budget
     # working memory for one pass of the network, MB; larger images are tiled (tiling.py). 2560 runs
