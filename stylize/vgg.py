@@ -156,20 +156,17 @@ def random_features(arch: str = "vgg19", seed: int = RANDOM_SEED) -> tuple[nn.Se
 
 def vgg16_available(weights_file=None, download: bool = True) -> tuple[bool, str]:
     """Whether ImageNet VGG-16 weights are at hand (a file, torchvision's cache, or a download that
-    works), and why, for loss_net="auto"; a download that works is kept in the cache."""
+    can start), and why, for loss_net="auto". Nothing is loaded here: loss_network() does that once."""
     if weights_file is not None:
         return True, f"--vgg-weights {weights_file} given"
     from torchvision.models import VGG16_Weights
 
     url = VGG16_Weights.IMAGENET1K_V1.url
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if not cached.is_file() and not (download and not os.environ.get("STYLIZE_OFFLINE") and _reachable(url)):
-        return False, "no ImageNet VGG-16 weights cached or downloadable"
-    try:
-        imagenet_features("vgg16", None, download)
-    except StylizeError:
-        return False, "no ImageNet VGG-16 weights cached or downloadable"
-    return True, "ImageNet VGG-16 weights found"
+    if (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file():
+        return True, "ImageNet VGG-16 weights cached"
+    if download and not os.environ.get("STYLIZE_OFFLINE") and _reachable(url):
+        return True, "ImageNet VGG-16 weights downloadable"
+    return False, "no ImageNet VGG-16 weights cached or downloadable"
 
 
 def _reachable(url: str, timeout: float = 5.0) -> bool:

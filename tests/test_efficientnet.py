@@ -112,3 +112,10 @@ def test_auto_does_not_wait_on_an_unreachable_download(monkeypatch):
     monkeypatch.setattr(vgg, "_reachable", lambda url, timeout=5.0: False)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
     assert vgg.resolve_loss_net("auto")[0] == "efficientnet-lite0"
+
+
+def test_auto_picks_vgg16_when_its_weights_are_cached(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "vgg16-397923af.pth").write_bytes(b"")  # found, not read: loss_network reads it
+    assert vgg.resolve_loss_net("auto") == ("vgg16", "ImageNet VGG-16 weights cached")
