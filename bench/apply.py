@@ -59,7 +59,7 @@ def make_models(folder: Path, args) -> dict[str, Path]:
 
         net = AdaINNet(AdaINConfig(encoder="random vgg19", width=32))
         net.encoder.features.load_state_dict(random_features("vgg19")[0][:21].state_dict())
-        rec = model_record(net, TrainConfig(norm="adaptive"), [], half=True)
+        rec = model_record(net, TrainConfig(norm="adaptive", network="adain"), [], half=True)
         rec.update(kind="adain", net=net.cfg.to_dict())
         models["adain"] = modelfile.save(rec, folder / "adain.pt")
     return models

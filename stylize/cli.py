@@ -70,7 +70,8 @@ def train(
     image_size: int = typer.Option(T.image_size, min=16, help="Side of the square training crops."),
     content_size: int = typer.Option(T.content_size, min=0, help="Shorter side training photos are resized to "
                                      "before cropping (0: the crop size); larger: crops show details, strokes come out larger."),
-    style_size: int = typer.Option(T.style_size, min=16, help="Longest side of the style image for its statistics."),
+    style_size: Optional[int] = typer.Option(T.style_size, min=16, help="Longest side of the style image for its "
+                                             "statistics [default: 1024; 384 for --norm adaptive, a painting per step]."),
     content_weight: float = typer.Option(T.content_weight, min=0),
     style_weight: float = typer.Option(T.style_weight, min=0, help="Weight of the style loss."),
     tv_weight: float = typer.Option(T.tv_weight, min=0, help="Weight of the total-variation loss."),
@@ -150,7 +151,8 @@ def apply(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model name (see `stylize models`) or file [default: {A.model}, or {DEFAULT_ADAPTIVE_MODEL} when --style is an image]."),
     style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="A style of the model (name or index), or a style image for adaptive models; NAME=W mixes."),
     style_weight: float = typer.Option(A.style_weight, help="Style strength in [0, 1]; 0 gives back the photo (adaptive: the paper's alpha)."),
-    style_size: int = typer.Option(A.style_size, min=16, help="Adaptive models: longest side the style image is encoded at (scales the strokes)."),
+    style_size: Optional[int] = typer.Option(A.style_size, min=16, help="Adaptive models: longest side the style image is "
+                                             "encoded at (scales the strokes) [default: the model's; AdaIN: 512]."),
     preserve_color: bool = typer.Option(False, help="Keep the photo's colours."),
     color_method: str = typer.Option("luminance", help="With --preserve-color: luminance (any model) or match (recolour the style image; adaptive)."),
     mask: Optional[Path] = typer.Option(None, help="Greyscale mask: white gets the first --style, black the second."),

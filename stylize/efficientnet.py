@@ -64,10 +64,14 @@ class SameConv(nn.Conv2d):
     """A convolution with TensorFlow's "same" padding: output size ceil(input / stride), the extra
     pixel of an odd total padding on the bottom and right."""
 
+    # True: inputs are known to be multiples of the stride, so the padding is a constant, k - stride.
+    # For ONNX export: the general formula on symbolic sizes made the exporter run for many minutes.
+    static = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            total = max(k - s, 0) if self.static else max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pads))
 

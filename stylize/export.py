@@ -4,8 +4,10 @@ One graph per model, any height and width (dynamic axes):
 - transformer models (instance, conditional, ...): image (1, 3, H, W) float in [0, 1], H and W
   multiples of 4; styles (1, N) mixing weights summing to 1; strength (1,) in [0, 1] (strength
   models only) -> stylized (1, 3, H, W) clamped to [0, 1].
-- adaptive models: image (1, 3, H, W), H and W multiples of 8; style (1, 3, h, w) in [0, 1]; alpha
+- AdaIN models: image (1, 3, H, W), H and W multiples of 8; style (1, 3, h, w) in [0, 1]; alpha
   (1,) -> stylized.
+- arbitrary-style transformer models: image (1, 3, H, W), multiples of 4; style (1, 3, h, w);
+  strength (1,) -> stylized.
 The caller pads to the multiple (reflect) and crops, as the PyTorch path does (onnx_runtime.py).
 The graph's metadata ("stylize": JSON) carries kind, styles, strength, width, the multiple, and the
 sha256 of the model file it came from, so a runtime needs nothing else.
@@ -67,6 +69,25 @@ class _AdaIN(nn.Module):
         return self.net(image, [mean_std(self.net.encoder(style))], alpha=alpha).clamp(0, 1)
 
 
+class _Arbitrary(nn.Module):
+    """An arbitrary-style model: the painting's features, its embedding and the network in one graph."""
+
+    def __init__(self, stylizer):
+        from .efficientnet import SameConv
+
+        super().__init__()
+        self.features, self.predictor, self.net = stylizer.features, stylizer.predictor, stylizer.base
+        for m in self.features.modules():  # the painting comes cropped to MULTIPLE: constant padding
+            if isinstance(m, SameConv):
+                m.static = True
+
+    def forward(self, image, style, strength):
+        embedding = self.predictor(self.features(style))
+        styles = torch.ones(1, 1, dtype=image.dtype, device=image.device)
+        s = strength if self.net.cfg.strength else None
+        return self.net(image, Condition(styles, s, embedding)).clamp(0, 1)
+
+
 @dataclass
 class ExportReport:
     path: Path
@@ -85,13 +106,23 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
     record = modelfile.load(model)
     stylizer = load_stylizer(record["path"], "cpu")
     adaptive = record.get("kind") == "adain"
+    arbitrary = bool(record["net"].get("style_dim"))
     meta = {"kind": record.get("kind"), "styles": list(record.get("styles", [])),
             "strength": bool(record["net"].get("strength", False)), "width": record["net"].get("width"),
             "multiple": 8 if adaptive else 4, "source_sha256": file_sha256(Path(record["path"])),
             "stylize": __version__, "opset": OPSET}
     size = 64 if adaptive else 32
     image = torch.rand(1, 3, size, size + 8)
-    if adaptive:
+    if arbitrary:
+        from .style_prediction import MULTIPLE
+
+        meta.update(arbitrary=True, style_size=stylizer.style_size, style_multiple=MULTIPLE)
+        module, names = _Arbitrary(stylizer), ["image", "style", "strength"]
+        args = (image, torch.rand(1, 3, 3 * MULTIPLE, 4 * MULTIPLE), torch.tensor([1.0]))
+        dims = {"image": {2: torch.export.Dim("h4", min=2, max=8192) * 4, 3: torch.export.Dim("w4", min=2, max=8192) * 4},
+                "style": {2: torch.export.Dim("sh", min=1, max=2048) * MULTIPLE,
+                          3: torch.export.Dim("sw", min=1, max=2048) * MULTIPLE}, "strength": None}
+    elif adaptive:
         module, names = _AdaIN(stylizer.net), ["image", "style", "alpha"]
         args = (image, torch.rand(1, 3, 48, 40), torch.tensor([1.0]))
         dims = {"image": {2: torch.export.Dim("h8", min=1, max=4096) * 8, 3: torch.export.Dim("w8", min=1, max=4096) * 8},
@@ -124,14 +155,14 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
     entry = proto.metadata_props.add()
     entry.key, entry.value = "stylize", json.dumps(meta)
     atomic_write(out, lambda f: f.write(proto.SerializeToString()), f".{out.name}.", ".part")
-    worst = _check(out, stylizer, adaptive) if check else float("nan")
+    worst = _check(out, stylizer, adaptive, arbitrary) if check else float("nan")
     if worst > 1e-3:
         out.unlink(missing_ok=True)
         raise StylizeError(f"ONNX export of {record['path']} differs from PyTorch by {worst:.2g}; not written")
     return ExportReport(out, worst, time.perf_counter() - t0)
 
 
-def _check(path: Path, stylizer, adaptive: bool) -> float:
+def _check(path: Path, stylizer, adaptive: bool, arbitrary: bool = False) -> float:
     """Largest difference between the exported graph in ONNX Runtime and the PyTorch model."""
     from .onnx_runtime import OnnxStylizer
 
@@ -141,7 +172,13 @@ def _check(path: Path, stylizer, adaptive: bool) -> float:
     for h, w in ((61, 90), (130, 97)):  # odd sizes: the padding and cropping are checked too
         x = torch.nn.functional.interpolate(torch.rand(1, 3, h // 8 + 1, w // 8 + 1, generator=g), size=(h, w),
                                             mode="bilinear")[0]  # smooth, photo-like
-        if adaptive:
+        if arbitrary:
+            style = torch.rand(3, 80, 48, generator=g)
+            with torch.inference_mode():
+                ref = _Arbitrary(stylizer)(torch.nn.functional.pad(x[None], (0, (-w) % 4, 0, (-h) % 4), mode="reflect"),
+                                           style[None], torch.tensor([0.6]))[0, :, :h, :w]
+            got = fast.stylize(x.numpy(), strength=0.6, style=style.numpy())
+        elif adaptive:
             style = torch.rand(3, 70, 50, generator=g)
             ref = stylizer.net(torch.nn.functional.pad(x[None], (0, (-w) % 8, 0, (-h) % 8), mode="reflect"),
                                [stylizer.net.style_stats(style[None])])[0, :, :h, :w].clamp(0, 1)

@@ -137,6 +137,67 @@ class Stylizer:
                                 pad_mode=mode, dtype=dtype, memory_mb=self.memory_mb, progress=self.tile_progress)
 
 
+class ArbitraryStylizer(Stylizer):
+    """An arbitrary-style transformer model (style_prediction.py): any painting, given at apply time.
+
+    The paintings' embeddings are baked into an ordinary N-style network (style_prediction.bake), so
+    from there on it is a Stylizer: mixing, masks, strength and tiling work as for trained styles."""
+
+    def __init__(self, record: dict, device: str = "auto", tile: int | None = None,
+                 memory_mb: float = ApplyConfig.memory_mb, notice=None, tile_progress=None,
+                 style_size: int | None = None):
+        from .style_prediction import PredictorConfig, StylePredictor
+        from .vgg import loss_network
+
+        super().__init__(record, device, tile, memory_mb, notice, tile_progress)
+        self.base = self.net
+        p = {k: (tuple(v) if isinstance(v, list) else v) for k, v in record["predictor"].items() if k != "state_dict"}
+        self.predictor = StylePredictor(PredictorConfig(**p))
+        self.predictor.load_state_dict({k: v.float() for k, v in record["predictor"]["state_dict"].items()})
+        self.features = loss_network(p["loss_net"], list(p["layers"]))
+        self.predictor.eval().requires_grad_(False).to(self.device)
+        self.features.to(self.device)
+        self.style_size = style_size or p["style_size"]
+        self.styles, self._embeddings = [], {}
+
+    @torch.inference_mode()
+    def embedding(self, path: str, photo: torch.Tensor | None = None) -> torch.Tensor:
+        """A painting's style embedding (D,); with `photo`, of the painting recoloured to the photo's colours."""
+        from .color import match_colors
+        from .data import load_style
+        from .style_prediction import crop_to_multiple
+
+        key = (path, id(photo) if photo is not None else None)
+        if key not in self._embeddings:
+            _, style = load_style(path, self.style_size)
+            style = crop_to_multiple(style)
+            if photo is not None:
+                style = match_colors(style, photo.float() / 255 if photo.dtype == torch.uint8 else photo)
+            self._embeddings = {k: v for k, v in self._embeddings.items() if k[1] is None}  # one photo's at a time
+            self._embeddings[key] = self.predictor(self.features(style[None].to(self.device)))[0]
+        return self._embeddings[key]
+
+    def condition(self, specs: list[str] | None, mask: torch.Tensor | None = None, photo=None,
+                  match_color: bool = False) -> torch.Tensor:
+        """Paintings (PATH or PATH=W) -> the baked network's style weights (N,), or (N, H, W) with a mask."""
+        from .style_prediction import bake
+
+        if not specs:
+            raise StylizeError(f"model {self.name} takes any painting: give one with --style PAINTING.jpg")
+        parsed = [mixing.style_image(s) for s in specs]
+        if any(w < 0 for _, w in parsed) or sum(w for _, w in parsed) <= 0:
+            raise StylizeError("--style weights must be non-negative and not all zero")
+        paths = [p for p, _ in parsed]
+        embeddings = torch.stack([self.embedding(p, photo if match_color else None) for p in paths])
+        self.net, self.styles = bake(self.base, embeddings), paths
+        if mask is None:
+            total = sum(w for _, w in parsed)
+            return torch.tensor([w / total for _, w in parsed])
+        if len(specs) != 2:
+            raise StylizeError("--mask needs exactly two --style values: the first paints the white region")
+        return torch.stack([mask, 1 - mask])
+
+
 class AdaINStylizer:
     """An adaptive (AdaIN) model: any style image, given at apply time (see adain.py)."""
 
@@ -207,13 +268,16 @@ class AdaINStylizer:
         return y[0, :, :h, :w].clamp(0, 1).float().cpu()
 
 
-def load_stylizer(model: str | Path = DEFAULT_MODEL, device: str = "auto", style_size: int | None = 512,
+def load_stylizer(model: str | Path = DEFAULT_MODEL, device: str = "auto", style_size: int | None = None,
                   tile: int | None = None, memory_mb: float = ApplyConfig.memory_mb,
                   notice: Callable[[str], None] | None = None, tile_progress: Callable[[int, int], None] | None = None):
-    """A Stylizer for transformer models or an AdaINStylizer for adaptive ones (which run untiled)."""
+    """A Stylizer for transformer models, an ArbitraryStylizer for arbitrary-style ones, an AdaINStylizer
+    for AdaIN ones (which run untiled). style_size: the painting's longest side (None: the model's)."""
     record = modelfile.load(model)
     if record.get("kind") == "adain":
-        return AdaINStylizer(record, device, style_size)
+        return AdaINStylizer(record, device, style_size or 512)
+    if record["net"].get("style_dim"):
+        return ArbitraryStylizer(record, device, tile, memory_mb, notice, tile_progress, style_size)
     return Stylizer(record, device, tile, memory_mb, notice, tile_progress)
 
 

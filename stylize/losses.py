@@ -119,9 +119,14 @@ class PerceptualLoss(nn.Module):
     @torch.no_grad()
     def set_styles(self, images: list[torch.Tensor]) -> None:
         """Compute each style image's target statistics; images are (3, H, W), any size."""
-        per_style = [self.net(img[None]) for img in images]
+        self.set_style_features([self.net(img[None]) for img in images])
+
+    @torch.no_grad()
+    def set_style_features(self, per_style: list[dict[str, torch.Tensor]]) -> None:
+        """The targets from each style image's loss-network features (computed by the caller)."""
         if self.style_loss == "sliced":
-            self.directions = {l: sliced_directions(c, SLICED_POOL * c).to(images[0].device)
+            device = per_style[0][self.style_layers[0]].device
+            self.directions = {l: sliced_directions(c, SLICED_POOL * c).to(device)
                                for l in self.style_layers for c in [per_style[0][l].shape[1]]}
             self.targets = {}
             for l in self.style_layers:

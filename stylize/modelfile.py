@@ -94,7 +94,7 @@ def describe(obj: dict) -> dict:
         "path": str(path),
         "kind": obj.get("kind"),
         "norm": net.get("norm") or ("adaptive" if obj.get("kind") == "adain" else None),
-        "encoder": net.get("encoder"),
+        "encoder": net.get("encoder") or obj.get("predictor", {}).get("loss_net"),
         "styles": list(obj.get("styles", [])),
         "strength": bool(net.get("strength", False)),
         "width": net.get("width"),

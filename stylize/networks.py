@@ -62,6 +62,7 @@ class NetConfig:
     strength: bool = True  # conditioned on style strength (see norms.py)
     width: int = 32  # channels of the first layer; Johnson et al. used 32
     network: str = "johnson"  # a key of ARCHITECTURES; model files from before it are johnson
+    style_dim: int = 0  # > 0: an arbitrary-style network, its norm parameters predicted from an embedding
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +81,7 @@ class ConvNorm(nn.Module):
         self.upsample = upsample
         self.pad = nn.ReflectionPad2d(kernel // 2)
         self.conv = (Separable if separable else nn.Conv2d)(cin, cout, kernel, stride)
-        self.norm = make_norm(cfg.norm, cout, cfg.num_styles, cfg.strength)
+        self.norm = make_norm(cfg.norm, cout, cfg.num_styles, cfg.strength, cfg.style_dim)
         self.relu = relu
 
     def forward(self, x: torch.Tensor, cond: Condition | None) -> torch.Tensor:

@@ -6,6 +6,10 @@ none) and a `ConditionalAffine` that scales and shifts them. The affine is where
 - one (gamma, beta) pair per style (Dumoulin et al.'s conditional instance norm; a single-style model
   is the N=1 case, so "instance" and "conditional" differ only in how many styles they hold);
 - mixing styles is a weighted sum of those pairs, and a spatial weight map gives masks for free;
+- an arbitrary-style model (`style_dim` > 0) has no table: each layer maps a painting's style
+  embedding (style_prediction.py) to its pairs with a linear layer (Ghiasi et al. 2017). The map is
+  affine, so mixing embeddings and mixing the pairs they give are the same thing, and `bake` turns a
+  model and N paintings into an ordinary N-style network (so tiling, masks and export need nothing new);
 - with `strength=True` there is one more pair for "no style", and a strength s in [0, 1] interpolates
   from it to the style's pair (after Babaeizadeh & Ghiasi's adjustable style transfer, which predict
   the norm parameters from s with a small network; a linear map is enough here and keeps mixing linear).
@@ -28,17 +32,28 @@ class Condition:
 
     styles: (B, N) mixing weights, or (B, N, H, W) spatial weight maps (masks); rows sum to 1.
     strength: (B,) style strength in [0, 1], or None for full strength.
+    embeddings: (N, D) the N styles' embeddings, for an arbitrary-style network (style_dim > 0).
     """
 
     styles: torch.Tensor | None = None
     strength: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
 
 
 class ConditionalAffine(nn.Module):
-    def __init__(self, channels: int, num_styles: int = 1, strength: bool = False):
+    def __init__(self, channels: int, num_styles: int = 1, strength: bool = False, style_dim: int = 0):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_styles, channels))
-        self.bias = nn.Parameter(torch.zeros(num_styles, channels))
+        if style_dim:  # pairs predicted from an embedding; starts near the identity (scale 1, shift 0)
+            self.project = nn.Linear(style_dim, 2 * channels)
+            nn.init.normal_(self.project.weight, std=0.01)
+            with torch.no_grad():
+                self.project.bias.copy_(torch.cat([torch.ones(channels), torch.zeros(channels)]))
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        else:
+            self.project = None
+            self.weight = nn.Parameter(torch.ones(num_styles, channels))
+            self.bias = nn.Parameter(torch.zeros(num_styles, channels))
         if strength:
             self.weight0 = nn.Parameter(torch.ones(channels))
             self.bias0 = nn.Parameter(torch.zeros(channels))
@@ -56,10 +71,19 @@ class ConditionalAffine(nn.Module):
             styles = F.interpolate(styles, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return torch.einsum("bnhw,nc->bchw", styles, params)
 
+    def tables(self, embeddings: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (scale, shift) pairs, (N, C) each: the stored table, or predicted from (N, D) embeddings."""
+        if self.project is None:
+            return self.weight, self.bias
+        if embeddings is None:
+            raise ValueError("an arbitrary-style network needs the styles' embeddings (Condition.embeddings)")
+        return self.project(embeddings).chunk(2, dim=-1)
+
     def forward(self, x: torch.Tensor, cond: Condition | None) -> torch.Tensor:
         styles = cond.styles if cond is not None else None
-        w = self._mix(self.weight, styles, x)
-        b = self._mix(self.bias, styles, x)
+        weight, bias = self.tables(cond.embeddings if cond is not None else None)
+        w = self._mix(weight, styles, x)
+        b = self._mix(bias, styles, x)
         if self.weight0 is not None and cond is not None and cond.strength is not None:
             s = cond.strength.to(w.dtype).view(-1, 1, 1, 1)
             w = self.weight0.view(1, -1, 1, 1) + s * (w - self.weight0.view(1, -1, 1, 1))
@@ -104,9 +128,9 @@ def _groups(channels: int) -> int:
     return math.gcd(32, channels)
 
 
-def make_norm(kind: str, channels: int, num_styles: int = 1, strength: bool = False) -> Norm:
+def make_norm(kind: str, channels: int, num_styles: int = 1, strength: bool = False, style_dim: int = 0) -> Norm:
     """The one factory for every normalization the transformer network can use."""
-    if kind in ("instance", "conditional"):
+    if kind in ("instance", "conditional", "adaptive"):
         stat: nn.Module = InstanceStat()
     elif kind == "batch":
         stat = nn.BatchNorm2d(channels, affine=False)
@@ -118,4 +142,4 @@ def make_norm(kind: str, channels: int, num_styles: int = 1, strength: bool = Fa
         stat = nn.Identity()
     else:
         raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(TRANSFORMER_NORMS)}")
-    return Norm(stat, ConditionalAffine(channels, num_styles, strength))
+    return Norm(stat, ConditionalAffine(channels, num_styles, strength, style_dim))

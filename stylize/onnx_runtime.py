@@ -81,10 +81,11 @@ class OnnxStylizer:
             raise StylizeError(f"{graph}: not a stylize ONNX graph ({type(e).__name__})")
         self.name = Path(graph).stem.removesuffix("-default").rsplit("-", 1)[0]
         self.styles: list[str] = self.meta["styles"]
-        self.adaptive = self.meta["kind"] == "adain"
+        self.arbitrary = bool(self.meta.get("arbitrary"))  # a transformer for any painting (style_prediction.py)
+        self.adaptive = self.meta["kind"] == "adain" or self.arbitrary  # a style image at apply time
         self.inputs = {i.name for i in self.session.get_inputs()}
-        self.style_size = style_size
-        self.budget = 1 << 62 if self.adaptive else budget_pixels(memory_mb, self.meta["width"])
+        self.style_size = style_size or self.meta.get("style_size", 512)
+        self.budget = 1 << 62 if self.adaptive and not self.arbitrary else budget_pixels(memory_mb, self.meta["width"])
         self._fallback, self._torch = fallback, None  # PyTorch stylizer for images over the budget
         self._style_cache: dict = {}
 
@@ -94,7 +95,7 @@ class OnnxStylizer:
         padded and cropped as in PyTorch."""
         _, h, w = x.shape
         m = self.meta["multiple"]
-        if self.adaptive:
+        if self.adaptive and not self.arbitrary:
             ph, pw = (-h) % m, (-w) % m
         else:  # and at least 8 for the 9x9 reflection pad
             ph, pw = max(8, h + (-h) % m) - h, max(8, w + (-w) % m) - w
@@ -104,7 +105,7 @@ class OnnxStylizer:
         feed = {"image": np.ascontiguousarray(x[None], dtype=np.uint8 if self.meta.get("default") else np.float32)}
         if self.adaptive:
             feed["style"] = np.ascontiguousarray(style[None], dtype=np.float32)
-            feed["alpha"] = np.array([strength], dtype=np.float32)
+            feed["strength" if self.arbitrary else "alpha"] = np.array([strength], dtype=np.float32)
         elif self.meta.get("default"):
             if (weights and weights != [1.0] + [0.0] * (len(self.styles) - 1)) or strength != 1.0:
                 raise StylizeError(f"{self.name}: this graph stylizes only with the first style at full strength")
@@ -119,11 +120,15 @@ class OnnxStylizer:
         if self.adaptive:
             if not specs:
                 raise StylizeError(f"model {self.name} is adaptive: give a style image with --style PAINTING.jpg")
+            self._specs = specs
             path = mixing.style_image(specs[0])[0]
             if path not in self._style_cache:
                 style, _ = read_array(path, self.style_size)
                 if min(style.shape[1:]) < 16:
                     raise StylizeError(f"{path}: style image too small ({style.shape[2]}x{style.shape[1]}); need at least 16 px")
+                if self.arbitrary:  # cropped as in style_prediction.crop_to_multiple
+                    m = self.meta["style_multiple"]
+                    style = style[:, : style.shape[1] - style.shape[1] % m, : style.shape[2] - style.shape[2] % m]
                 self._style_cache[path] = style
             return self._style_cache[path]
         return mixing.style_weights(specs, self.styles, self.name)
@@ -137,13 +142,15 @@ class OnnxStylizer:
     def run(self, x: np.ndarray, cond, strength: float) -> np.ndarray:
         if not 0.0 <= strength <= 1.0:
             raise StylizeError(f"--style-weight {strength}: must be between 0 and 1")
-        if strength != 1.0 and not self.adaptive and not self.meta["strength"]:
+        if strength != 1.0 and not (self.meta["kind"] == "adain" or self.meta["strength"]):
             raise StylizeError(f"model {self.name} was trained at full strength only; --style-weight needs a "
                                "model trained with strength (the default)")
         if x.shape[1] * x.shape[2] > self.budget and self._fallback is not None:
             import torch  # tiling: over the memory budget, the PyTorch path runs it in tiles
 
             self._torch = self._torch or self._fallback()
+            if self.arbitrary:  # the PyTorch stylizer bakes the painting into its own network
+                return self._torch.run(torch.from_numpy(x), self._torch.condition(self._specs), strength)
             return self._torch.run(torch.from_numpy(x), torch.tensor(cond), strength)
         if self.meta.get("default"):
             return self.stylize(x, cond, strength)  # uint8 in and out

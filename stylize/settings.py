@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 TRANSFORMER_NORMS = ("instance", "conditional", "batch", "layer", "group", "none")  # layers of the Johnson network
-NORMS = TRANSFORMER_NORMS + ("adaptive",)  # adaptive: the AdaIN encoder-decoder (adain.py)
+# adaptive: any painting at apply time; with a transformer network its norm parameters are predicted
+# from the painting (style_prediction.py), with --network adain it is the AdaIN encoder-decoder (adain.py)
+NORMS = TRANSFORMER_NORMS + ("adaptive",)
 # auto: vgg16 where its ImageNet weights are at hand (cached, a file, or a download), else
 # efficientnet-lite0, whose ImageNet weights install with pip; random: the fallback with no weights at all
 LOSS_NETS = ("auto", "vgg16", "vgg19", "efficientnet-lite0", "random")
@@ -23,11 +25,15 @@ LOSS_NET_LAYERS = {
                            ["stem", "block1_expand", "block3_expand", "block5_expand", "block8_expand"]),
 }
 LR_SCHEDULES = ("cosine", "constant")  # training.learning_rate
-NETWORKS = ("johnson", "light", "light-instance")  # the transformer network's architecture (networks.py)
+TRANSFORMER_NETWORKS = ("johnson", "light", "light-instance")  # the transformer network's architectures (networks.py)
+NETWORKS = TRANSFORMER_NETWORKS + ("adain",)  # adain: the AdaIN encoder-decoder (adain.py), --norm adaptive only
 DEVICES = ("auto", "cuda", "mps", "cpu")
 RUNTIMES = ("auto", "torch", "onnx")  # apply on the CPU: see onnx_runtime.py
 DEFAULT_MODEL = "starry_night"  # shipped in weights/
-DEFAULT_ADAPTIVE_MODEL = "adain"  # shipped too: used when --style is an image and no --model is given
+DEFAULT_ADAPTIVE_MODEL = "arbitrary"  # shipped too: used when --style is an image and no --model is given
+# longest side of the style image when its statistics are taken, when the settings name none: a fixed
+# style's once at the start; an arbitrary-style network's painting every step, so smaller
+STYLE_SIZE = {"fixed": 1024, "adaptive": 384}
 
 
 def style_loss_for(loss_net: str, style_loss: str) -> str:
@@ -48,13 +54,14 @@ class TrainConfig:
     batch_size: int = 4  # under torchrun, per process: a run (its files) records the whole batch
     image_size: int = 160  # side of the square training crops
     content_size: int = 480  # shorter side training photos are resized to before cropping; 0: image_size
-    style_size: int = 1024  # longest side of the style image when its statistics are taken
+    style_size: int | None = None  # longest side of the style image for its statistics; None: STYLE_SIZE
     content_weight: float = 1.0
     style_weight: float = 100.0
     tv_weight: float = 2.0
     # pulls low-strength outputs to the photo (only with strength); about the style weight, so that
     # strength 0.5 looks half-way (with 10 against 100, 0.25 already gave 60% of the full change)
     pixel_weight: float = 100.0
+    style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # one of LR_SCHEDULES
     loss_net: str = "auto"  # one of LOSS_NETS; a run records the one it resolved to
@@ -75,18 +82,20 @@ class TrainConfig:
         """The settings a model file or checkpoint records; a setting newer than the file takes the
         value that file was trained with (LEGACY), not today's default, so old runs resume as they were."""
         names = {f.name for f in fields(cls)}
-        return cls(**{**LEGACY, **{k: v for k, v in d.items() if k in names}})
+        legacy = {**LEGACY, "network": "adain"} if d.get("norm") == "adaptive" else LEGACY
+        return cls(**{**legacy, **{k: v for k, v in d.items() if k in names}})
 
 
 # What runs recorded before these settings existed were trained with.
-LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant"}
+LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024}
 
 
 @dataclass
 class ApplyConfig:
     model: str = DEFAULT_MODEL
     style_weight: float = 1.0  # style strength in [0, 1]: 0 gives back the photo
-    style_size: int = 512  # adaptive models: longest side of the style image when encoded
+    # adaptive models: longest side of the style image when encoded; None: the model's (AdaIN: 512)
+    style_size: int | None = None
     max_size: int | None = None  # downscale inputs whose longest side is larger (None: keep the resolution)
     tile: int = 0  # tile side in pixels; 0: tile only images over the memory budget
     # working memory for one pass of the network, MB; larger images are tiled (tiling.py). 2560 runs

@@ -25,7 +25,7 @@ from .images import load_image, save_image
 from .losses import PerceptualLoss
 from .networks import NetConfig, TransformerNet
 from .norms import Condition
-from .settings import LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, TrainConfig, style_loss_for
+from .settings import LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_SIZE, TrainConfig, style_loss_for
 from .vgg import loss_network, resolve_loss_net
 
 
@@ -218,6 +218,9 @@ class TransformerRecipe:
     def record(self, half: bool) -> dict:
         return model_record(self.net, self.cfg, self.names, half)
 
+    def load(self, ckpt: dict) -> None:
+        self.net.load_state_dict(ckpt["state_dict"])
+
 
 class AdaINRecipe:
     """Huang & Belongie: train only the decoder, on random photo and painting crops (see adain.py)."""
@@ -289,6 +292,86 @@ class AdaINRecipe:
         rec.update(kind="adain", net=self.net.cfg.to_dict())
         return rec
 
+    def load(self, ckpt: dict) -> None:
+        self.net.load_state_dict(ckpt["state_dict"])
+
+
+class PredictionRecipe:
+    """Ghiasi et al.: one transformer network for any painting, its norm parameters predicted from the
+    painting (style_prediction.py). Each step draws one painting from the style folder, augmented; the
+    batch's photos are all stylized toward it."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, start: int, levers: frozenset = frozenset(),
+                 shard: distributed.Shard = distributed.Shard()):
+        from .style_prediction import ArbitraryNet, PredictorConfig, StylePredictor
+
+        self.cfg, self.device, self.shard = cfg, device, shard
+        self.files = style_files(cfg.style)
+        # paintings kept at twice the size of a view, so that a crop is rarely enlarged
+        self.paintings = [load_style(f, 2 * cfg.style_size)[1] for f in self.files]
+        self.names = []  # any painting; the training paintings are in the settings
+        self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
+                                   cfg.content_layers, cfg.style_layers,
+                                   style_loss_for(cfg.loss_net, cfg.style_loss)).to(device)
+        with torch.no_grad():
+            probe = self.loss.net(torch.zeros(1, 3, 64, 64, device=device))
+        pcfg = PredictorConfig(cfg.loss_net, tuple(cfg.style_layers), tuple(probe[l].shape[1] for l in cfg.style_layers),
+                               cfg.style_dim, cfg.style_size)
+        transformer = TransformerNet(NetConfig("adaptive", 1, cfg.strength, cfg.width, cfg.network, cfg.style_dim))
+        self.net = ArbitraryNet(transformer, StylePredictor(pcfg)).to(device)
+        self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
+        self.fixed_styles = [load_style(f, cfg.style_size)[1].to(device) for f in self.files[:4]]
+        self.weights = {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
+                        "pixel": cfg.pixel_weight if cfg.strength else 0.0}
+
+    def features(self, painting: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return self.loss.net(painting[None].to(self.device))
+
+    def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:
+        from .style_prediction import augment
+
+        b = self.cfg.batch_size
+        index = int(torch.randint(len(self.paintings), (1,), generator=draws))
+        painting = augment(self.paintings[index], self.cfg.style_size, draws)  # drawn even for a skipped
+        strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # batch: resume stays in step
+        features = self.features(painting)
+        self.loss.set_style_features([features])
+        directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
+        if x is None:
+            return None, 0
+        strength = self.shard.part(strength)[:len(x)].to(self.device)
+        y = self.model(x, features, strength if self.cfg.strength else None)
+        return self.loss(y, x, None, strength, self.weights, directions), len(x)
+
+    @torch.no_grad()
+    def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
+        return [self.net(photos, self.features(p)) for p in self.fixed_styles]
+
+    def record(self, half: bool) -> dict:
+        rec = model_record(self.net.transformer, self.cfg, self.names, half)
+        rec["predictor"] = {**self.net.predictor.cfg.to_dict(), "state_dict": {
+            k: (v.half() if half else v).cpu() for k, v in self.net.predictor.state_dict().items()}}
+        return rec
+
+    def param_groups(self) -> list[dict]:
+        """Departure from Ghiasi et al.: the predicted scales and shifts are sums over the embedding
+        (100 terms) of sums over the statistics (1984 terms), so at one learning rate for all, Adam's
+        equal steps per weight add up and move them a hundred times faster than a trained table's;
+        within 200 steps the unnormalized layers of the light network amplified them into overflow.
+        Each of those layers learns at the rate divided by the square root of its inputs (as
+        StyleGAN's equalized learning rate): stable, and still following the paintings."""
+        project = [p for n, p in self.net.transformer.named_parameters() if ".project." in n]
+        rest = [p for n, p in self.net.transformer.named_parameters() if ".project." not in n]
+        bottleneck = self.net.predictor.bottleneck
+        return [{"params": rest},
+                {"params": project, "lr_scale": self.cfg.style_dim ** -0.5},
+                {"params": list(bottleneck.parameters()), "lr_scale": bottleneck.in_features ** -0.5}]
+
+    def load(self, ckpt: dict) -> None:
+        self.net.transformer.load_state_dict(ckpt["state_dict"])
+        self.net.predictor.load_state_dict(ckpt["predictor"]["state_dict"])
+
 
 def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
           resume: str | Path | None = None, levers: Iterable[str] | None = None) -> Path:
@@ -314,13 +397,16 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         raise StylizeError("no style image; pass --style IMAGE (several, or a folder, for --norm conditional)")
     if cfg.network not in NETWORKS:
         raise StylizeError(f"unknown network {cfg.network!r}; choose one of {', '.join(NETWORKS)}")
+    if cfg.network == "adain" and cfg.norm != "adaptive":
+        raise StylizeError("--network adain is the AdaIN encoder-decoder: use it with --norm adaptive")
     # every "auto" and unset layer list resolved here, so the model file records what it was trained with
     loss_net, why = resolve_loss_net(cfg.loss_net, cfg.vgg_weights)
     if ckpt is None:
         progress(Progress(0, cfg.iterations, {}, 0, "loss_net", note=f"loss network: {loss_net} ({why})"))
     content_layers, style_layers = LOSS_NET_LAYERS[loss_net]
     cfg = replace(cfg, loss_net=loss_net, style_loss=style_loss_for(loss_net, cfg.style_loss),
-                  content_layers=cfg.content_layers or content_layers, style_layers=cfg.style_layers or style_layers)
+                  content_layers=cfg.content_layers or content_layers, style_layers=cfg.style_layers or style_layers,
+                  style_size=cfg.style_size or STYLE_SIZE["adaptive" if cfg.norm == "adaptive" else "fixed"])
     if cfg.style_loss not in STYLE_LOSSES:
         raise StylizeError(f"unknown style loss {cfg.style_loss!r}; choose one of auto, {', '.join(STYLE_LOSSES)}")
     device = pick_device(cfg.device)
@@ -343,14 +429,16 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
     speed.apply_global(levers)
 
     torch.manual_seed(cfg.seed)
-    recipe = (AdaINRecipe if cfg.norm == "adaptive" else TransformerRecipe)(cfg, device, start, levers, shard)
+    recipe = (TransformerRecipe if cfg.norm != "adaptive" else AdaINRecipe if cfg.network == "adain"
+              else PredictionRecipe)(cfg, device, start, levers, shard)
     net = recipe.net
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
-                           fused=True if "fused_adam" in levers else None)
+    groups = recipe.param_groups() if hasattr(recipe, "param_groups") else [
+        {"params": [p for p in net.parameters() if p.requires_grad]}]
+    opt = torch.optim.Adam(groups, lr=cfg.lr, fused=True if "fused_adam" in levers else None)
     draws = torch.Generator().manual_seed(cfg.seed + 1)  # style and strength per example
     history = []
     if ckpt is not None:
-        net.load_state_dict(ckpt["state_dict"])
+        recipe.load(ckpt)
         opt.load_state_dict(ckpt["optimizer"])
         draws.set_state(ckpt["rng"]["draws"])
         history = list(ckpt["history"])
@@ -390,7 +478,7 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
             skipped += bad
             if n:
                 for group in opt.param_groups:
-                    group["lr"] = learning_rate(cfg, it)
+                    group["lr"] = learning_rate(cfg, it) * group.get("lr_scale", 1.0)
                 opt.zero_grad(set_to_none=True)
                 # DDP averages the processes' gradients; weighting each by its examples makes that the
                 # mean over all the batch's examples, as one process would have it (the weight is 1 then)

@@ -22,7 +22,7 @@ def adain_model(tmp_path_factory, photos_dir, style_path, style_path2):
     from stylize.training import train
 
     tmp = tmp_path_factory.mktemp("adain")
-    cfg = tiny_config(tmp, photos_dir, [style_path, style_path2], norm="adaptive", width=4, iterations=3,
+    cfg = tiny_config(tmp, photos_dir, [style_path, style_path2], norm="adaptive", network="adain", width=4, iterations=3,
                       style_weight=10.0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(tmp / "torch"))
@@ -174,7 +174,7 @@ def test_adaptive_training_with_the_efficientnet_loss_says_what_to_do(tmp_path, 
     from stylize.errors import StylizeError
     from stylize.training import train
 
-    cfg = tiny_config(tmp_path, photos_dir, [style_path], norm="adaptive", width=4, iterations=1,
+    cfg = tiny_config(tmp_path, photos_dir, [style_path], norm="adaptive", network="adain", width=4, iterations=1,
                       loss_net="efficientnet-lite0")
     with pytest.raises(StylizeError, match="--vgg-weights .* or train with --loss-net random"):
         train(cfg)

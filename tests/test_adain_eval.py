@@ -28,7 +28,7 @@ def test_untrained_decoder_is_trainings_start_and_report_has_every_row(bench, tm
     monkeypatch.setattr(training, "plot_losses", lambda history, path: None)  # seconds of matplotlib, not tested here
     # lr 0: the final checkpoint holds the decoder exactly as training initialised it (no fast_random_vgg
     # fixture: its cache would skip the RNG draws that training makes and the replay repeats)
-    cfg = tiny_config(tmp_path, photos_dir, [style_path], norm="adaptive", width=4, iterations=1, lr=0.0,
+    cfg = tiny_config(tmp_path, photos_dir, [style_path], norm="adaptive", network="adain", width=4, iterations=1, lr=0.0,
                       seed=3)
     train(cfg)
     ckpt = modelfile.load(run_dir(cfg.out) / "checkpoint.pt")

@@ -11,7 +11,7 @@ from stylize.errors import StylizeError
 from stylize.inference import Stylizer
 from stylize.networks import NetConfig, TransformerNet
 from stylize.norms import Condition, ConditionalAffine
-from stylize.settings import NETWORKS, TRANSFORMER_NORMS as NORMS  # settings.NORMS also names adaptive (AdaIN)
+from stylize.settings import TRANSFORMER_NETWORKS as NETWORKS, TRANSFORMER_NORMS as NORMS  # settings.NORMS/NETWORKS also name AdaIN's
 
 
 def random_net(norm="conditional", num_styles=3, strength=True, width=4, seed=0, network="johnson") -> TransformerNet:

@@ -129,7 +129,7 @@ def test_adaptive_models_export_too(tmp_path):
     torch.manual_seed(0)
     net = AdaINNet(AdaINConfig(encoder="random vgg19", width=4)).eval()
     net.encoder.features.load_state_dict(random_features("vgg19")[0][:21].state_dict())
-    rec = model_record(net, TrainConfig(norm="adaptive", width=4), [], half=False)
+    rec = model_record(net, TrainConfig(norm="adaptive", network="adain", width=4), [], half=False)
     rec.update(kind="adain", net=net.cfg.to_dict())
     report = export_onnx(modelfile.save(rec, tmp_path / "adain.pt"), tmp_path / "adain.onnx")
     assert report.max_difference < 1e-3

@@ -90,7 +90,8 @@ def test_run_folder_holds_samples_losses_and_checkpoint(trained):
 def test_model_file_round_trip(trained):
     raw = torch.load(trained.path, map_location="cpu", weights_only=True)
     assert raw["format"] == modelfile.FORMAT and raw["kind"] == "transformer"
-    assert raw["net"] == {"norm": "instance", "num_styles": 1, "strength": True, "width": 8, "network": "light"}
+    assert raw["net"] == {"norm": "instance", "num_styles": 1, "strength": True, "width": 8, "network": "light",
+                          "style_dim": 0}
     assert raw["styles"] == ["stripes"]
     assert raw["train"] == {**asdict(trained.cfg), "style_loss": "sliced"}  # "auto", resolved for --loss-net random
     assert raw["iteration"] == 30 and raw["metrics"]["skipped_photos"] == 0
