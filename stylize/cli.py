@@ -75,6 +75,7 @@ def train(
     content_weight: float = typer.Option(T.content_weight, min=0),
     style_weight: float = typer.Option(T.style_weight, min=0, help="Weight of the style loss."),
     tv_weight: float = typer.Option(T.tv_weight, min=0, help="Weight of the total-variation loss."),
+    color_weight: float = typer.Option(T.color_weight, min=0, help="Weight of the palette term (output colours distributed as the style's)."),
     pixel_weight: float = typer.Option(T.pixel_weight, min=0, help="Pull of low-strength outputs toward the photo."),
     lr: float = typer.Option(T.lr, min=0),
     lr_schedule: str = typer.Option(T.lr_schedule, help="cosine (down to lr/10 at the end) or constant."),
@@ -106,7 +107,7 @@ def train(
     cfg = TrainConfig(style=[str(s) for s in style], content=str(content) if content else None, out=str(out),
                       norm=norm, network=network, width=width, strength=strength, iterations=iterations, batch_size=batch_size,
                       image_size=image_size, content_size=content_size, style_size=style_size, content_weight=content_weight,
-                      style_weight=style_weight, tv_weight=tv_weight, pixel_weight=pixel_weight, lr=lr,
+                      style_weight=style_weight, tv_weight=tv_weight, color_weight=color_weight, pixel_weight=pixel_weight, lr=lr,
                       lr_schedule=lr_schedule, loss_net=loss_net, vgg_weights=str(vgg_weights) if vgg_weights else None,
                       style_loss=style_loss, device=device, seed=seed, checkpoint_every=checkpoint_every,
                       sample_every=sample_every, workers=workers, levers=levers)

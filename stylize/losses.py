@@ -102,6 +102,12 @@ def sliced_distance(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (p - target).pow(2).sum((1, 2)) / target.pow(2).sum((1, 2)).clamp_min(1e-8)
 
 
+def color_directions() -> torch.Tensor:
+    """16 fixed unit directions in RGB: the three axes, grey, and 12 more drawn once."""
+    d = torch.cat([torch.eye(3), torch.ones(3, 1), sliced_directions(3, 12, seed=7)], dim=1)
+    return d / d.norm(dim=0, keepdim=True)
+
+
 class PerceptualLoss(nn.Module):
     """Holds the loss network and the style targets; returns per-term losses averaged over the batch."""
 
@@ -115,11 +121,19 @@ class PerceptualLoss(nn.Module):
         self.style_loss = style_loss
         self.targets: dict[str, torch.Tensor] = {}
         self.directions: dict[str, torch.Tensor] = {}  # sliced: the fixed projection directions per layer
+        self.colors: torch.Tensor | None = None  # per style: quantiles of its pixels' colours (color_targets)
 
     @torch.no_grad()
     def set_styles(self, images: list[torch.Tensor]) -> None:
         """Compute each style image's target statistics; images are (3, H, W), any size."""
         self.set_style_features([self.net(img[None]) for img in images])
+        self.set_colors(images)
+
+    @torch.no_grad()
+    def set_colors(self, images: list[torch.Tensor]) -> None:
+        """The colour term's targets: each image's pixel colours, projected on COLOR_DIRECTIONS, sorted."""
+        d = color_directions().to(images[0].device)
+        self.colors = torch.cat([quantiles(sorted_projections(img[None].float(), d), 256) for img in images])
 
     @torch.no_grad()
     def set_style_features(self, per_style: list[dict[str, torch.Tensor]]) -> None:
@@ -171,10 +185,15 @@ class PerceptualLoss(nn.Module):
         terms = {
             "content": content.mean(),
             "style": (s * style).mean(),
+            # the palette: how far the output's colours are distributed from the style's (only where
+            # the run weights it; 1-D sliced Wasserstein on a few fixed colour directions)
+            **({"color": (s * sliced_distance(sorted_projections(y.float(), color_directions().to(y.device)),
+                                              self.colors[style_index])).mean()}
+               if weights and weights.get("color") and self.colors is not None else {}),
             "tv": total_variation(y).mean(),
             # at strength s < 1 the output is pulled toward the content pixels, so strength 0 is the photo
             "pixel": ((1 - s) * (y.float() - x.float()).pow(2).mean(dim=(1, 2, 3))).mean(),
         }
         if weights is not None:
-            terms["total"] = sum(weights[k] * v for k, v in terms.items())
+            terms["total"] = sum(weights.get(k, 0.0) * v for k, v in terms.items())
         return terms

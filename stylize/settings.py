@@ -58,6 +58,7 @@ class TrainConfig:
     content_weight: float = 1.0
     style_weight: float = 100.0
     tv_weight: float = 2.0
+    color_weight: float = 0.0  # the palette term: output colours distributed as the style's (losses.py)
     # pulls low-strength outputs to the photo (only with strength); about the style weight, so that
     # strength 0.5 looks half-way (with 10 against 100, 0.25 already gave 60% of the full change)
     pixel_weight: float = 100.0
@@ -87,7 +88,7 @@ class TrainConfig:
 
 
 # What runs recorded before these settings existed were trained with.
-LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024}
+LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024, "color_weight": 0.0}
 
 
 @dataclass

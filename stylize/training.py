@@ -193,7 +193,7 @@ class TransformerRecipe:
             self.net.compile()
             self.loss.compile()
         self.weights = {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
-                        "pixel": cfg.pixel_weight if cfg.strength else 0.0}
+                        "pixel": cfg.pixel_weight if cfg.strength else 0.0, "color": cfg.color_weight}
 
     def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:
         """The loss terms of this process's share of the batch, and how many examples they average."""
@@ -322,7 +322,7 @@ class PredictionRecipe:
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
         self.fixed_styles = [load_style(f, cfg.style_size)[1].to(device) for f in self.files[:4]]
         self.weights = {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
-                        "pixel": cfg.pixel_weight if cfg.strength else 0.0}
+                        "pixel": cfg.pixel_weight if cfg.strength else 0.0, "color": cfg.color_weight}
 
     def features(self, painting: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -337,6 +337,8 @@ class PredictionRecipe:
         strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # batch: resume stays in step
         features = self.features(painting)
         self.loss.set_style_features([features])
+        if self.cfg.color_weight:
+            self.loss.set_colors([painting.to(self.device)])
         directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
         if x is None:
             return None, 0

@@ -192,3 +192,16 @@ def test_sliced_loss_draws_directions_reproducibly():
         assert float(loss(style[None], x, directions=d)["style"]) < 1e-6
         assert float(loss(x, x, directions=d)["style"]) > 1e-3
     assert PerceptualLoss(small_feature_net(), ["relu1_2"], ["relu1_1"], "gram").draw_directions(g) is None
+
+
+def test_color_term_measures_the_palette_and_only_when_weighted():
+    loss = PerceptualLoss(small_feature_net(), ["relu1_2"], ["relu1_1"], "gram")
+    g = torch.Generator().manual_seed(4)
+    style = torch.rand(3, 24, 24, generator=g) * torch.tensor([0.9, 0.2, 0.1]).view(3, 1, 1)  # reds
+    loss.set_styles([style])
+    shuffled = style.flatten(1)[:, torch.randperm(24 * 24, generator=g)].view(1, 3, 24, 24)  # same colours, anywhere
+    blue = torch.rand(1, 3, 24, 24, generator=g) * torch.tensor([0.1, 0.2, 0.9]).view(1, 3, 1, 1)
+    w = {"content": 1.0, "style": 1.0, "tv": 0.0, "pixel": 0.0, "color": 1.0}
+    same, other = loss(shuffled, blue, weights=w)["color"], loss(blue, blue, weights=w)["color"]
+    assert same < 1e-3 and other > 0.1
+    assert "color" not in loss(blue, blue, weights={**w, "color": 0.0})
