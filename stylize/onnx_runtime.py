@@ -6,8 +6,8 @@ transformer network faster than eager PyTorch (1024x1024, width 32: 3.3 s agains
 The first CPU apply of a model exports it once (export.py, which needs torch) into a cache keyed by
 the model file's sha256; later runs load the cached graph and never touch torch.
 
-Covered: whole-image passes of transformer models (style choice, mixing, strength) and adaptive
-models with one style image. Masks, --preserve-color, style interpolation and images over the memory
+Covered: whole-image passes of transformer models (style choice, mixing, strength) and of models
+for any painting (arbitrary-style and AdaIN) with one painting. Masks, --preserve-color, style interpolation and images over the memory
 budget go to the PyTorch path (per-pixel conditions, colour conversion, tiling), as does --tile.
 """
 from __future__ import annotations
