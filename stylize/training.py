@@ -58,6 +58,12 @@ def sample_strengths(batch: int, g: torch.Generator) -> torch.Tensor:
     return torch.where(torch.rand(batch, generator=g) < 0.5, torch.ones_like(s), s)
 
 
+def loss_weights(cfg: TrainConfig) -> dict[str, float]:
+    """The perceptual loss's term weights (losses.PerceptualLoss); the pixel term only with strength."""
+    return {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
+            "pixel": cfg.pixel_weight if cfg.strength else 0.0, "color": cfg.color_weight}
+
+
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
     """The step size at an iteration: constant, or a cosine from lr down to a tenth of it at the end
     of the run (a departure from Johnson et al.'s constant rate: the last steps average out the
@@ -192,8 +198,7 @@ class TransformerRecipe:
         if "compile" in levers:
             self.net.compile()
             self.loss.compile()
-        self.weights = {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
-                        "pixel": cfg.pixel_weight if cfg.strength else 0.0, "color": cfg.color_weight}
+        self.weights = loss_weights(cfg)
 
     def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:
         """The loss terms of this process's share of the batch, and how many examples they average."""
@@ -321,8 +326,7 @@ class PredictionRecipe:
         self.net = ArbitraryNet(transformer, StylePredictor(pcfg)).to(device)
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
         self.fixed_styles = [load_style(f, cfg.style_size)[1].to(device) for f in self.files[:4]]
-        self.weights = {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
-                        "pixel": cfg.pixel_weight if cfg.strength else 0.0, "color": cfg.color_weight}
+        self.weights = loss_weights(cfg)
 
     def features(self, painting: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
