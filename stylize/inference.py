@@ -184,15 +184,11 @@ class ArbitraryStylizer(Stylizer):
 
         if not specs:
             raise StylizeError(f"model {self.name} takes any painting: give one with --style PAINTING.jpg")
-        parsed = [mixing.style_image(s) for s in specs]
-        if any(w < 0 for _, w in parsed) or sum(w for _, w in parsed) <= 0:
-            raise StylizeError("--style weights must be non-negative and not all zero")
-        paths = [p for p, _ in parsed]
+        paths, weights = mixing.painting_weights(specs)
         embeddings = torch.stack([self.embedding(p, photo if match_color else None) for p in paths])
         self.net, self.styles = bake(self.base, embeddings), paths
         if mask is None:
-            total = sum(w for _, w in parsed)
-            return torch.tensor([w / total for _, w in parsed])
+            return torch.tensor(weights)
         if len(specs) != 2:
             raise StylizeError("--mask needs exactly two --style values: the first paints the white region")
         return torch.stack([mask, 1 - mask])
@@ -231,18 +227,15 @@ class AdaINStylizer:
         """Style images (PATH or PATH=W) -> (stats per style, weights, masks) for AdaINNet."""
         if not specs:
             raise StylizeError(f"model {self.name} is adaptive: give a style image with --style PAINTING.jpg")
-        parsed = [mixing.style_image(s) for s in specs]
-        if any(w < 0 for _, w in parsed) or sum(w for _, w in parsed) <= 0:
-            raise StylizeError("--style weights must be non-negative and not all zero")
-        stats = [self._style(p, photo, match_color) for p, _ in parsed]
-        total = sum(w for _, w in parsed)
+        paths, weights = mixing.painting_weights(specs)
+        stats = [self._style(p, photo, match_color) for p in paths]
         masks = None
         if mask is not None:
             if len(specs) != 2:
                 raise StylizeError("--mask needs exactly two --style values: the first paints the white region")
             m = mask[None, None].to(self.device)
             masks = [m, 1 - m]
-        return stats, [w / total for _, w in parsed], masks
+        return stats, weights, masks
 
     budget = 1 << 62  # runs untiled
     load = staticmethod(lambda path, max_size=None: load_image(path, max_size))

@@ -5,6 +5,7 @@ or PATH=W, where a file whose own name contains "=" is taken whole.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from .errors import StylizeError
@@ -50,3 +51,12 @@ def style_image(spec: str) -> tuple[str, float]:
         except ValueError:
             pass
     return spec, 1.0
+
+
+def painting_weights(specs: list[str]) -> tuple[list[str], list[float]]:
+    """Paintings given as PATH or PATH=W -> their paths and weights normalised to sum 1."""
+    parsed = [style_image(s) for s in specs]
+    weights = [w for _, w in parsed]
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise StylizeError("--style weights must be non-negative and not all zero")
+    return [p for p, _ in parsed], [w / sum(weights) for w in weights]

@@ -153,8 +153,9 @@ def test_cli_any_painting_and_clear_errors(arbitrary_model, paintings, tmp_path)
     assert Image.open(out).size == Image.open(photo).size
     r = CliRunner().invoke(app, base + ["--out", str(tmp_path / "none.png")])
     assert r.exit_code == 1 and "--style PAINTING" in r.output and not (tmp_path / "none.png").exists()
-    r = CliRunner().invoke(app, base + ["--style", f"{paintings / 'p0.png'}=-1", "--out", str(tmp_path / "neg.png")])
-    assert r.exit_code == 1 and "non-negative" in r.output
+    for bad in ("-1", "nan", "inf"):
+        r = CliRunner().invoke(app, base + ["--style", f"{paintings / 'p0.png'}={bad}", "--out", str(tmp_path / "bad.png")])
+        assert r.exit_code == 1 and "non-negative" in r.output and not (tmp_path / "bad.png").exists()
 
 
 def test_network_adain_is_only_for_adaptive(tmp_path, photos_dir, style_path):
@@ -186,4 +187,4 @@ def test_efficientnet_model_exports_to_onnx_and_matches_pytorch(tmp_path, photos
     got = fast.run(x, fast.condition([painting]), 0.8)
     s = load_stylizer(model, "cpu")
     ref = s(torch.from_numpy(x), s.condition([painting]), 0.8, dtype=torch.uint8)
-    assert np.abs(got.astype(int) - ref.numpy().astype(int)).max() <= 1
+    assert np.abs(got.astype(int) - ref.numpy().astype(int)).max() <= 1  # measured: 0, with 1 and 2 threads
