@@ -15,9 +15,23 @@ import typer
 from .errors import StylizeError
 from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, LR_SCHEDULES, NETWORKS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, TrainConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fast neural style transfer: train style networks and apply them to photos.")
 T, A = TrainConfig(), ApplyConfig()
+
+
+def _print_version(value: bool):
+    if value:
+        from . import __version__
+
+        typer.echo(f"stylize {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                         help="Print the version and exit.")):
+    """Fast neural style transfer: train style networks and apply them to photos."""
 
 
 def fail(message: str, code: int = 1):
@@ -49,6 +63,12 @@ def clean_errors(command):
 _AUTO = ", ".join(f"{v} for {k}" for k, v in AUTO_STYLE_LOSS.items())
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set an option (on the command line or through its environment variable)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def _choice(value: str, choices, flag: str) -> str:
     if value not in choices:
         raise StylizeError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
@@ -58,7 +78,8 @@ def _choice(value: str, choices, flag: str) -> str:
 @app.command()
 @clean_errors
 def train(
-    style: List[str] = typer.Option(..., "--style", "-s", help="Style image (repeat, or a folder, for several styles)."),
+    ctx: typer.Context,
+    style: Optional[List[str]] = typer.Option(None, "--style", "-s", metavar="IMAGE", help="Style image (repeat, or a folder, for several styles)."),
     content: Optional[Path] = typer.Option(T.content, help="Folder of training photos [default: $STYLIZE_CONTENT or ~/.stylize/content]."),
     out: Path = typer.Option(T.out, "--out", "-o", help="Model file to write; run files go to <out>_run/."),
     norm: str = typer.Option(T.norm, help=f"Normalization: {', '.join(NORMS)}."),
@@ -90,7 +111,8 @@ def train(
     workers: int = typer.Option(T.workers, help="Data loader processes (-1: 4 on CUDA, 0 on CPU)."),
     levers: str = typer.Option(T.levers, help="Speed levers: auto (every one but compile on CUDA, none "
                                "elsewhere), none, all, or names such as bf16,channels_last (see stylize/speed.py)."),
-    resume: Optional[Path] = typer.Option(None, help="Checkpoint to continue (its settings are used; --iterations may extend it)."),
+    resume: Optional[Path] = typer.Option(None, help="Checkpoint to continue to its run's end, with its settings "
+                                          "(flags given override: --iterations extends it, --lr, loss weights)."),
 ):
     """Train a style network on photos with a perceptual loss."""
     _choice(norm, NORMS, "--norm")
@@ -104,7 +126,7 @@ def train(
     from .distributed import Shard
     from .training import Interrupted, train as run
 
-    cfg = TrainConfig(style=[str(s) for s in style], content=str(content) if content else None, out=str(out),
+    cfg = TrainConfig(style=[str(s) for s in style or []], content=str(content) if content else None, out=str(out),
                       norm=norm, network=network, width=width, strength=strength, iterations=iterations, batch_size=batch_size,
                       image_size=image_size, content_size=content_size, style_size=style_size, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight, color_weight=color_weight, pixel_weight=pixel_weight, lr=lr,
@@ -132,25 +154,45 @@ def train(
 
     lead = Shard.from_env().lead  # under torchrun the first process speaks for the run
     try:
-        path = run(cfg, progress, resume=resume)
+        given = [k for k in ctx.params if k != "resume" and _given(ctx, k)]
+        path = run(cfg, progress, resume=resume, overrides=given)
     except Interrupted as e:
         if bar:
             bar.close()
         if not lead:
-            raise typer.Exit(130)
-        fail(f"{e}; continue with: stylize train --style {style[0]} --resume {e.checkpoint}", 130)
+            raise typer.Exit(128 + e.signum)
+        fail(f"{e}; continue with: stylize train --resume {e.checkpoint}", 128 + e.signum)
     if bar:
         bar.close()
     if lead:
         typer.echo(f"wrote {path} (run files in {Path(path).with_name(Path(path).stem + '_run')})")
+        _graph_ahead(path)
+
+
+def _graph_ahead(model: Path) -> None:
+    """Export a new model's graph for CPU apply now, while its user expects to wait, rather than at
+    its first `stylize apply` (onnx_runtime.py); where apply would not use ONNX Runtime, nothing."""
+    import os
+
+    from . import modelfile, onnx_runtime
+
+    if os.environ.get("STYLIZE_RUNTIME", A.runtime) == "torch" or not onnx_runtime.installed() or \
+            onnx_runtime.accelerator_present() or onnx_runtime.cache_problem():
+        return
+    adaptive = modelfile.describe(modelfile.load(model))["norm"] == "adaptive"  # these always take a painting
+    try:
+        onnx_runtime.cached_graph(model, typer.echo, default=not adaptive)
+    except StylizeError as e:  # the model is written; apply will say this again, or use PyTorch
+        typer.echo(f"note: {e}", err=True)
 
 
 @app.command()
 @clean_errors
 def apply(
-    inputs: List[str] = typer.Argument(..., help="Photos, folders (recursive) or globs."),
+    ctx: typer.Context,
+    inputs: List[str] = typer.Argument(..., metavar="PHOTO", help="Photos, folders (recursive) or globs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model name (see `stylize models`) or file [default: {A.model}, or {DEFAULT_ADAPTIVE_MODEL} when --style is an image]."),
-    style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="A style of the model (name or index), or a style image for adaptive models; NAME=W mixes."),
+    style: Optional[List[str]] = typer.Option(None, "--style", "-s", metavar="STYLE", help="A style of the model (name or index), or a style image for adaptive models; NAME=W mixes."),
     style_weight: float = typer.Option(A.style_weight, help="Style strength in [0, 1]; 0 gives back the photo (adaptive: the paper's alpha)."),
     style_size: Optional[int] = typer.Option(A.style_size, min=16, help="Adaptive models: longest side the style image is "
                                              "encoded at (scales the strokes) [default: the model's; AdaIN: 512]."),
@@ -166,36 +208,47 @@ def apply(
     skip_existing: bool = typer.Option(False, help="Skip inputs whose output already exists (to resume an interrupted batch)."),
     device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
     runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx (ONNX Runtime, faster), torch, or auto (onnx where it covers the request)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only: no progress, notices or summary."),
 ):
     """Stylize photos with a trained model. Folders are searched recursively; a file that fails is
     reported and the rest go on (exit 1 if any failed). Ctrl-C or kill stops cleanly; run again with
-    --skip-existing to finish."""
+    --skip-existing to finish. For pipes, `-` as the photo reads it from standard input, and the
+    result goes to standard output as a PNG (so does `--out -`)."""
     _choice(device, DEVICES, "--device")
     _choice(runtime, RUNTIMES, "--runtime")
-    if model is None:  # a painting as --style means an adaptive model
-        from .images import IMAGE_EXTENSIONS
-        from .mixing import style_image
+    from .images import IMAGE_EXTENSIONS
+    from .mixing import check_strength, style_image
+    from .pipeline import MIN_TILE
 
+    if model is None:  # a painting as --style means an adaptive model
         paintings = style and any(Path(style_image(s)[0]).suffix.lower() in IMAGE_EXTENSIONS for s in style)
         model = DEFAULT_ADAPTIVE_MODEL if paintings else A.model
     _choice(color_method, ("luminance", "match"), "--color-method")  # color.COLOR_METHODS, without torch
-    if not 0.0 <= style_weight <= 1.0:
-        raise StylizeError(f"--style-weight {style_weight}: must be between 0 and 1")
+    check_strength(style_weight)
+    if 0 < tile < MIN_TILE:
+        raise StylizeError(f"--tile {tile}: give 0 (tiles only where they are needed) or at least {MIN_TILE} px")
+    to_stdout = str(out) == "-" or (inputs == ["-"] and out is None)
+    if "-" in inputs or to_stdout:
+        inputs, out = _pipe_files(ctx, inputs, out, to_stdout)
+        quiet = quiet or to_stdout  # standard output carries the image alone
     from tqdm import tqdm
 
     from .distributed import Shard
     from .pipeline import Interrupted, apply_files, expand_inputs, output_paths
 
+    notice = (lambda message: None) if quiet else functools.partial(tqdm.write, file=sys.stderr)
+    items = expand_inputs(inputs, exclude=out_dir if out is None else None, notice=notice)
+    paths = output_paths(items, out, out_dir)  # --out with several inputs fails here, before any work
+    _check_writable(out.parent if out is not None else out_dir)
     shard = Shard.from_env()  # under torchrun: every N-th input, on this process's own GPU
     shard.use_gpu()
-    items = expand_inputs(inputs)
     total = len(items)
     mine = len(range(shard.rank, total, shard.world))
     tile_bar = None
 
     def tile_progress(done: int, steps: int):  # one big photo in tiles: minutes on a CPU, so show them
         nonlocal tile_bar
-        if total > 1:
+        if total > 1 or quiet:
             return
         if tile_bar is None:
             tile_bar = tqdm(total=steps, desc="tiles", unit="tile", leave=False, dynamic_ncols=True)
@@ -204,33 +257,38 @@ def apply(
             tile_bar.close()
             tile_bar = None
 
-    notice = functools.partial(tqdm.write, file=sys.stderr)
-
     def torch_stylizer():
         from .inference import load_stylizer
 
         return load_stylizer(model, device, style_size, tile, memory, notice=notice, tile_progress=tile_progress)
 
     stylizer = _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, style_size, memory,
-                              notice, torch_stylizer, default=not style and style_weight == 1.0) or torch_stylizer()
+                              notice, torch_stylizer, style_weight) or torch_stylizer()
     # the bar counts the work to do, so its img/s is the real rate on a resumed run
-    existing = ({p for p in output_paths(items, out, out_dir)[shard.rank::shard.world] if p.exists()}
-                if skip_existing else set())
-    with tqdm(total=mine - len(existing), unit="img", disable=total < 2 or not shard.lead, dynamic_ncols=True) as bar, \
-            _kill_as_interrupt():
+    existing = {p for p in paths[shard.rank::shard.world] if p.exists()} if skip_existing else set()
+    with tqdm(total=mine - len(existing), unit="img", disable=total < 2 or not shard.lead or quiet,
+              dynamic_ncols=True) as bar, \
+            _kill_as_interrupt() as killed:
         try:
             report = apply_files(stylizer, inputs, out, out_dir, style, style_weight, str(mask) if mask else None,
                                  max_size, quality, skip_existing, preserve_color,
                                  preserve_color and color_method == "match",
                                  progress=lambda src, dst: dst in existing or bar.update(1),
-                                 share=(shard.rank, shard.world))
+                                 share=(shard.rank, shard.world), notice=notice)
         except Interrupted as e:
             report = e.report
     for src, why in report.failed:
         typer.echo(f"error: {why}", err=True)
     done = len(report.written) + len(report.failed)
-    if total == 1 and report.written:
+    if to_stdout and report.written:
+        sys.stdout.buffer.write(report.written[0].read_bytes())
+        sys.stdout.buffer.flush()
+    elif quiet:
+        pass
+    elif total == 1 and report.written:
         typer.echo(f"wrote {report.written[0]}")
+    elif total == 1 and report.skipped:
+        typer.echo(f"skipped {report.skipped[0]}: it exists (--skip-existing)")
     elif total > 1:
         rate = f", {len(report.written) / report.seconds:.2f} img/s" if report.written and report.seconds else ""
         who = f"process {shard.rank + 1} of {shard.world}: " if shard.world > 1 else ""
@@ -240,14 +298,51 @@ def apply(
     if report.interrupted:
         left = mine - done - len(report.skipped)
         fail(f"interrupted with {left} left; nothing is half-written: run the same command with --skip-existing "
-             "to finish", 130)
+             "to finish", 128 + killed.get("signum", signal.SIGINT))
     if report.failed:
         raise typer.Exit(1)
 
 
+def _pipe_files(ctx: typer.Context, inputs: list[str], out: Path | None, to_stdout: bool) -> tuple[list[str], Path | None]:
+    """`-` for standard input or output: through files in a private temporary folder, since the
+    pipeline reads and writes files (atomically); the folder goes when the command ends."""
+    import shutil
+    import tempfile
+
+    if len(inputs) != 1:
+        raise StylizeError("'-' (standard input or output) works with exactly one photo")
+    tmp = Path(tempfile.mkdtemp(prefix="stylize-"))
+    ctx.call_on_close(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    if inputs == ["-"]:
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise StylizeError("standard input: empty; pipe a photo in, e.g. stylize apply - < photo.jpg > out.png")
+        (tmp / "stdin").write_bytes(data)
+        inputs = [str(tmp / "stdin")]
+    return inputs, tmp / "stdout.png" if to_stdout else out
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be written before any work, not after the first photo;
+    nothing is created here (a failed run leaves no empty folders)."""
+    import tempfile
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise StylizeError(f"{folder}: cannot create output folder ({existing} is a file)")
+    try:  # a real file, not os.access: that says yes to root on read-only mounts and /proc
+        with tempfile.TemporaryFile(dir=existing, prefix=".stylize-probe-"):
+            pass
+    except OSError as e:
+        raise StylizeError(f"{folder}: cannot write there ({e.strerror})")
+
+
 def _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, style_size, memory, notice, fallback,
-                   default=False):
-    """The ONNX Runtime stylizer where it covers the request (onnx_runtime.py), else None."""
+                   strength=1.0):
+    """The ONNX Runtime stylizer where it covers the request (onnx_runtime.py), else None; or the
+    PyTorch one, where the ONNX cache cannot be written."""
     from . import onnx_runtime
 
     if runtime == "torch" or device not in ("auto", "cpu") or (device == "auto" and onnx_runtime.accelerator_present()):
@@ -255,8 +350,9 @@ def _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, st
     why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if mask else
            "--tile" if tile else "--preserve-color" if preserve_color else None)
     if why is None:
-        fast = onnx_runtime.load(model, style_size, memory, notice, fallback, default)
-        if not (fast.adaptive and style and len(style) > 1):
+        default = not style and strength == 1.0  # transformer models have a faster graph for it
+        fast = onnx_runtime.load(model, style_size, memory, notice, fallback, default, strength)
+        if not isinstance(fast, onnx_runtime.OnnxStylizer) or not (fast.adaptive and style and len(style) > 1):
             return fast
         why = "style interpolation"
     if runtime == "onnx":
@@ -266,17 +362,21 @@ def _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, st
 
 @contextlib.contextmanager
 def _kill_as_interrupt():
-    """A kill (SIGTERM) stops a batch the way Ctrl-C does: cleanly, finishing the file being written."""
+    """A kill (SIGTERM) stops a batch the way Ctrl-C does: cleanly, finishing the file being written.
+    Yields a dict that gets "signum" when that happens (the exit code is then 128 + SIGTERM)."""
+    killed = {}
+
     def interrupt(signum, frame):
+        killed["signum"] = signum
         raise KeyboardInterrupt
 
     try:
         old = signal.signal(signal.SIGTERM, interrupt)
     except ValueError:  # not the main thread (embedded use): leave signals alone
-        yield
+        yield killed
         return
     try:
-        yield
+        yield killed
     finally:
         signal.signal(signal.SIGTERM, old)
 
@@ -286,7 +386,7 @@ def _kill_as_interrupt():
 def sheet(
     photo: Path = typer.Argument(..., help="The photo to show through the styles."),
     model: str = typer.Option(A.model, "--model", "-m", help="Model name or file."),
-    style: Optional[List[str]] = typer.Option(None, "--style", "-s", help="Styles to show (default: all); a,b=0.3 mixes."),
+    style: Optional[List[str]] = typer.Option(None, "--style", "-s", metavar="STYLE", help="Styles to show (default: all); a,b=0.3 mixes."),
     strengths: str = typer.Option("1", help="Comma-separated strengths, e.g. 0,0.25,0.5,0.75,1."),
     size: int = typer.Option(384, min=32, help="Longest side of each tile."),
     columns: Optional[int] = typer.Option(None, min=1, help="Wrap a single row after this many tiles."),
@@ -369,6 +469,7 @@ def export(model: str = typer.Argument(..., help="Model name or file."),
     path = out or Path(resolve(model).stem + ".onnx")
     if path.exists() and path.resolve() == resolve(model).resolve():
         raise StylizeError(f"{path}: refusing to overwrite the model; choose another --out")
+    _check_writable(path.parent if str(path.parent) else Path("."))  # before the seconds of exporting
     report = export_onnx(model, path)
     typer.echo(f"wrote {report.path} (largest difference from PyTorch {report.max_difference:.1e} on [0, 1] "
                f"pixels; {report.seconds:.1f} s)")

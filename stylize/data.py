@@ -25,7 +25,11 @@ def default_content_dir() -> Path:
 
 def content_files(folder: str | Path | None) -> list[Path]:
     folder = Path(folder).expanduser() if folder else default_content_dir()
-    files = find_images(folder) if folder.is_dir() else []
+    if not folder.exists():
+        raise StylizeError(f"{folder}: no such folder; pass --content DIR (a folder of photos) or set {CONTENT_ENV}")
+    if not folder.is_dir():
+        raise StylizeError(f"{folder}: not a folder; --content takes a folder of photos")
+    files = find_images(folder)
     if not files:
         raise StylizeError(f"no training photos in {folder}; pass --content DIR or set {CONTENT_ENV} "
                            "to a folder of photos (for example the COCO or BSDS500 images)")

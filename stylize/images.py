@@ -16,9 +16,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import StylizeError
 from .files import atomic_write
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
-SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP",
-                ".tif": "TIFF", ".tiff": "TIFF"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".webp", ".avif", ".tif", ".tiff", ".gif",
+                    ".ppm"}
+SAVE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".bmp": "BMP",
+                ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+# Photo formats that Pillow cannot read without a plug-in: a folder scan names them rather than
+# passing over them in silence.
+UNREADABLE_EXTENSIONS = {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2"}
+# What each output format can carry over from the photo (Pillow's save options).
+_KEEPS = {"JPEG": ("icc_profile", "exif", "dpi"), "PNG": ("icc_profile", "exif", "dpi"),
+          "WEBP": ("icc_profile", "exif"), "TIFF": ("icc_profile", "exif", "dpi"), "BMP": ("dpi",)}
+HAS_ALPHA = {"PNG", "WEBP", "TIFF"}
 # Pillow's default decompression-bomb guard is ~89 MP; camera and panorama photos go beyond it.
 MAX_PIXELS = 250_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # Pillow warns above this and refuses above twice this
@@ -58,6 +66,30 @@ def open_image(path: str | Path) -> Image.Image:
         raise StylizeError(f"{path}: not an image Pillow can read")
     except (OSError, SyntaxError, ValueError) as e:
         raise StylizeError(f"{path}: corrupt or truncated image ({e})")
+
+
+def metadata(path: str | Path) -> dict:
+    """What an output keeps of its photo: the ICC colour profile (so colour-managed viewers show the
+    same colours), EXIF without the orientation (open_image has applied it) and the DPI."""
+    try:
+        with Image.open(path) as im:
+            meta = {k: im.info[k] for k in ("icc_profile", "dpi") if im.info.get(k)}
+            exif = im.getexif()
+    except Exception:  # the pixels are read (and their errors reported) elsewhere
+        return {}
+    if exif:
+        exif.pop(0x0112, None)  # orientation
+        meta["exif"] = exif.tobytes()
+    return meta
+
+
+def frame_count(path: str | Path) -> int:
+    """Frames of an animated image (GIF, APNG, WebP, TIFF pages); 1 for a still one or on any error."""
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "n_frames", 1)
+    except Exception:
+        return 1
 
 
 def _to_uint8_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -115,8 +147,9 @@ def to_pil(x, alpha=None) -> Image.Image:
     return im
 
 
-def save_pil(im: Image.Image, path: str | Path, quality: int = 95) -> Path:
-    """Write atomically: a temporary file in the same folder, then a rename."""
+def save_pil(im: Image.Image, path: str | Path, quality: int = 95, meta: dict | None = None) -> Path:
+    """Write atomically: a temporary file in the same folder, then a rename. `meta` (metadata()) is
+    kept as far as the format can hold it."""
     path = Path(path)
     fmt = SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -126,17 +159,18 @@ def save_pil(im: Image.Image, path: str | Path, quality: int = 95) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StylizeError(f"{folder}: cannot create output folder ({e.strerror})")
-    if im.mode == "RGBA" and fmt in ("JPEG", "BMP"):
+    if im.mode == "RGBA" and fmt not in HAS_ALPHA:
         im = im.convert("RGB")  # these formats have no alpha
     options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    options.update({k: v for k, v in (meta or {}).items() if k in _KEEPS[fmt]})
     try:
         return atomic_write(path, lambda f: im.save(f, format=fmt, **options), f".{path.stem}.", path.suffix + ".part")
     except OSError as e:
         raise StylizeError(f"{path}: cannot write ({e.strerror or e})")
 
 
-def save_image(x, path: str | Path, alpha=None, quality: int = 95) -> Path:
-    return save_pil(to_pil(x, alpha), path, quality)
+def save_image(x, path: str | Path, alpha=None, quality: int = 95, meta: dict | None = None) -> Path:
+    return save_pil(to_pil(x, alpha), path, quality, meta)
 
 
 def find_images(folder: str | Path) -> list[Path]:

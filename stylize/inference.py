@@ -39,6 +39,7 @@ class Stylizer:
         self.device = pick_device(device)
         self.name = Path(self.record["path"]).stem
         self.styles: list[str] = list(self.record["styles"])
+        self.has_strength = bool(self.record["net"].get("strength"))  # --style-weight works
         self.net = TransformerNet(NetConfig(**self.record["net"]))
         self.net.load_state_dict({k: v.float() for k, v in self.record["state_dict"].items()})
         self.net.eval().requires_grad_(False).to(self.device)
@@ -90,11 +91,7 @@ class Stylizer:
         """x: (3, H, W) float in [0, 1] or uint8; styles: (N,) weights or (N, H, W) spatial weights;
         strength in [0, 1]; tile: tile side in pixels (None: the Stylizer's; 0: only over the memory
         budget). Returns (3, H, W) on the CPU: float in [0, 1], or uint8 with dtype=torch.uint8."""
-        if not 0.0 <= strength <= 1.0:
-            raise StylizeError(f"--style-weight {strength}: must be between 0 and 1")
-        if strength != 1.0 and not self.record["net"].get("strength"):
-            raise StylizeError(f"model {self.name} was trained at full strength only; --style-weight needs a "
-                               "model trained with strength (the default)")
+        mixing.check_strength(strength, self.name, self.has_strength)
         _, h, w = x.shape
         # two stride-2 convolutions: sizes must be multiples of 4; and at least 8 for the 9x9 reflection pad
         ph, pw = max(8, h + (-h) % 4) - h, max(8, w + (-w) % 4) - w
@@ -202,6 +199,7 @@ class AdaINStylizer:
 
         self.record, self.device, self.style_size = record, pick_device(device), style_size
         self.name = Path(record["path"]).stem
+        self.has_strength = True  # the paper's alpha
         self.styles: list[str] = []
         self.net = AdaINNet(AdaINConfig(**record["net"]))
         self.net.load_state_dict({k: v.float() for k, v in record["state_dict"].items()})
@@ -247,8 +245,7 @@ class AdaINStylizer:
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, cond, strength: float = 1.0) -> torch.Tensor:
         """strength is the paper's alpha: 0 decodes the photo's own features."""
-        if not 0.0 <= strength <= 1.0:
-            raise StylizeError(f"--style-weight {strength}: must be between 0 and 1")
+        mixing.check_strength(strength)
         stats, weights, masks = cond
         _, h, w = x.shape
         ph, pw = (-h) % 8, (-w) % 8  # three poolings in the encoder

@@ -33,13 +33,8 @@ def style_weights(specs: list[str] | None, styles: list[str], model: str) -> lis
             value = float(amount) if amount else 1.0
         except ValueError:
             raise StylizeError(f"--style {spec}: weight {amount!r} is not a number")
-        if value < 0:
-            raise StylizeError(f"--style {spec}: weights must not be negative")
-        w[index] += value
-    total = sum(w)
-    if total <= 0:
-        raise StylizeError("--style weights add up to zero")
-    return [v / total for v in w]
+        w[index] += _weight(value, spec)
+    return _normalised(w)
 
 
 def style_image(spec: str) -> tuple[str, float]:
@@ -56,7 +51,28 @@ def style_image(spec: str) -> tuple[str, float]:
 def painting_weights(specs: list[str]) -> tuple[list[str], list[float]]:
     """Paintings given as PATH or PATH=W -> their paths and weights normalised to sum 1."""
     parsed = [style_image(s) for s in specs]
-    weights = [w for _, w in parsed]
-    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
-        raise StylizeError("--style weights must be non-negative and not all zero")
-    return [p for p, _ in parsed], [w / sum(weights) for w in weights]
+    return [p for p, _ in parsed], _normalised([_weight(w, s) for (_, w), s in zip(parsed, specs)])
+
+
+def _weight(value: float, spec: str) -> float:
+    """A mixing weight: finite and non-negative (nan would make a black picture, not an error)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise StylizeError(f"--style {spec}: a weight must be a finite number, 0 or more")
+    return value
+
+
+def _normalised(weights: list[float]) -> list[float]:
+    total = sum(weights)
+    if total <= 0:
+        raise StylizeError("--style weights add up to zero; give at least one a positive weight")
+    return [w / total for w in weights]
+
+
+def check_strength(strength: float, model: str | None = None, conditioned: bool = True) -> None:
+    """--style-weight: a number in [0, 1], and other than 1 only for a model trained for every
+    strength (`conditioned`; AdaIN models always are: it is their alpha)."""
+    if not 0.0 <= strength <= 1.0:  # also refuses nan
+        raise StylizeError(f"--style-weight {strength}: must be between 0 and 1")
+    if strength != 1.0 and not conditioned:
+        raise StylizeError(f"model {model} was trained at full strength only; --style-weight needs a model "
+                           "trained with strength (the default)")

@@ -29,6 +29,7 @@ from .pipeline import budget_pixels
 from .settings import ApplyConfig
 
 CACHE_ENV = "STYLIZE_CACHE"
+CACHE_MB = 512  # the graph cache keeps the most recently used graphs within this size
 
 
 def cache_dir() -> Path:
@@ -54,17 +55,64 @@ def file_sha256(path: Path) -> str:
 
 
 def cached_graph(model: str | Path, notice: Callable[[str], None] | None = None, default: bool = False) -> Path:
-    """The model's ONNX graph in the cache, exported (and checked against PyTorch) on first use; with
-    `default`, the faster graph of its default condition (export._Default), for transformer models."""
+    """The model's ONNX graph: shipped beside it (SHIPPED_GRAPHS), or in the cache, exported (and
+    checked against PyTorch) on first use; with `default`, the faster graph of its default condition
+    (export._Default), for transformer models. A cached graph used is marked recent; past CACHE_MB
+    the least recently used go."""
     path = modelfile.resolve(model)
-    graph = cache_dir() / "onnx" / f"{path.stem}-{file_sha256(path)[:20]}{'-default' if default else ''}.onnx"
-    if not graph.exists():
-        if notice:
-            notice(f"preparing {path.stem} for ONNX Runtime (once; cached in {graph.parent})")
-        from .export import export_onnx
+    if (shipped := shipped_graph(path, default)).exists():
+        return shipped
+    graph = graph_path(path, default)
+    if graph.exists():
+        os.utime(graph)
+        return graph
+    if notice:
+        notice(f"preparing {path.stem} for ONNX Runtime (once, some seconds; cached in {graph.parent})")
+    from .export import export_onnx
 
-        export_onnx(path, graph, default=default)
+    export_onnx(path, graph, default=default)
+    _prune(graph.parent, keep=graph)
     return graph
+
+
+def _graph_name(path: Path, default: bool) -> str:
+    """Named by the model file's content, not its path: a retrained model never meets a stale graph."""
+    return f"{path.stem}-{file_sha256(path)[:20]}{'-default' if default else ''}.onnx"
+
+
+def graph_path(model: str | Path, default: bool = False) -> Path:
+    """Where the cache keeps a model's graph."""
+    path = modelfile.resolve(model)
+    return cache_dir() / "onnx" / _graph_name(path, default)
+
+
+# Graphs exported ahead of time and kept in an onnx/ folder beside their models (weights/onnx/ for
+# the shipped ones: `python tools/ship_graphs.py`), so that a first apply does not wait for an export.
+SHIPPED_GRAPHS = "onnx"
+
+
+def shipped_graph(model: str | Path, default: bool = False) -> Path:
+    path = modelfile.resolve(model)
+    return path.parent / SHIPPED_GRAPHS / _graph_name(path, default)
+
+
+def _prune(folder: Path, keep: Path, limit_mb: float = CACHE_MB) -> None:
+    graphs = sorted(folder.glob("*.onnx"), key=lambda g: g.stat().st_mtime, reverse=True)
+    total = 0
+    for g in graphs:
+        total += g.stat().st_size
+        if total > limit_mb * 2**20 and g != keep:
+            g.unlink(missing_ok=True)
+
+
+def cache_problem() -> str | None:
+    """Why no graph can be written to the cache (a read-only home, an unwritable STYLIZE_CACHE), or None."""
+    folder = cache_dir() / "onnx"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create {folder}: {e.strerror}"
+    return None if os.access(folder, os.W_OK | os.X_OK) else f"{folder} is not writable"
 
 
 class OnnxStylizer:
@@ -83,6 +131,7 @@ class OnnxStylizer:
         self.styles: list[str] = self.meta["styles"]
         self.arbitrary = bool(self.meta.get("arbitrary"))  # a transformer for any painting (style_prediction.py)
         self.adaptive = self.meta["kind"] == "adain" or self.arbitrary  # a style image at apply time
+        self.has_strength = self.meta["kind"] == "adain" or bool(self.meta["strength"])  # --style-weight works
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.style_size = style_size or self.meta.get("style_size", 512)
         self.budget = 1 << 62 if self.adaptive and not self.arbitrary else budget_pixels(memory_mb, self.meta["width"])
@@ -140,11 +189,7 @@ class OnnxStylizer:
         raise StylizeError("masks run on the PyTorch path; use --runtime torch")
 
     def run(self, x: np.ndarray, cond, strength: float) -> np.ndarray:
-        if not 0.0 <= strength <= 1.0:
-            raise StylizeError(f"--style-weight {strength}: must be between 0 and 1")
-        if strength != 1.0 and not (self.meta["kind"] == "adain" or self.meta["strength"]):
-            raise StylizeError(f"model {self.name} was trained at full strength only; --style-weight needs a "
-                               "model trained with strength (the default)")
+        mixing.check_strength(strength, self.name, self.has_strength)
         if x.shape[1] * x.shape[2] > self.budget and self._fallback is not None:
             import torch  # tiling: over the memory budget, the PyTorch path runs it in tiles
 
@@ -165,8 +210,31 @@ class OnnxStylizer:
 
 def load(model: str | Path, style_size: int | None = ApplyConfig.style_size, memory_mb: float = ApplyConfig.memory_mb,
          notice: Callable[[str], None] | None = None, fallback: Callable[[], object] | None = None,
-         default: bool = False) -> OnnxStylizer:
-    """`default`: the request is the model's default condition (no --style, full strength), so a
+         default: bool = False, strength: float = 1.0):
+    """An OnnxStylizer for the model: its cached graph, exported first if need be. Where the cache
+    cannot be written, `fallback()` (the PyTorch stylizer), said once to `notice`; a cached graph
+    that does not load (a truncated file, a disk error) is rebuilt.
+
+    `default`: the request is the model's default condition (no --style, full strength), so a
     transformer model runs its faster default graph (an adaptive model needs a --style, so for it the
-    flag changes nothing: its graph is exported as always, and its condition() asks for the style)."""
-    return OnnxStylizer(cached_graph(model, notice, default), style_size, memory_mb, fallback)
+    flag changes nothing: its graph is exported as always, and its condition() asks for the style).
+    `strength` is checked against the model before a first export, which takes seconds."""
+    notice = notice or (lambda message: None)
+    cached = graph_path(model, default).exists() or shipped_graph(model, default).exists()
+    if not cached and strength != 1.0:
+        d = modelfile.describe(modelfile.load(model))
+        mixing.check_strength(strength, d["name"], d["kind"] == "adain" or d["strength"])
+    if not cached and (why := cache_problem()):
+        if fallback is None:
+            raise StylizeError(f"ONNX cache: {why}; set {CACHE_ENV} to a writable folder")
+        notice(f"ONNX cache: {why}; using PyTorch (set {CACHE_ENV} to a writable folder for the faster path)")
+        return fallback()
+    graph = cached_graph(model, notice, default)
+    try:
+        return OnnxStylizer(graph, style_size, memory_mb, fallback)
+    except StylizeError:
+        if graph != graph_path(model, default):  # a shipped graph that does not load: the install is broken
+            raise
+        graph.unlink(missing_ok=True)
+        notice(f"{graph}: a damaged cached graph; rebuilding it")
+        return OnnxStylizer(cached_graph(model, notice, default), style_size, memory_mb, fallback)

@@ -3,7 +3,8 @@
 Torch-free, so that the ONNX Runtime path (onnx_runtime.py) starts without it. A stylizer here is
 anything with `condition(styles, mask, photo, match_color)`, `load(path, max_size) -> (x, alpha)`,
 `load_mask(path, (H, W))`, `run(x, cond, strength) -> image` and `budget` (pixels one pass may
-hold); x and the image are (3, H, W) torch tensors or numpy arrays, whichever the stylizer uses.
+hold), `name` and `has_strength` (whether strengths other than 1 work); x and the image are
+(3, H, W) torch tensors or numpy arrays, whichever the stylizer uses.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import StylizeError
-from .images import IMAGE_EXTENSIONS, SAVE_FORMATS, find_images, save_image
+from .mixing import check_strength
+from .images import HAS_ALPHA, IMAGE_EXTENSIONS, SAVE_FORMATS, UNREADABLE_EXTENSIONS, find_images, frame_count, metadata, save_image
 
 
 MIN_TILE = 64
@@ -38,13 +40,31 @@ def budget_pixels(memory_mb: float, width: int) -> int:
     return max(MIN_TILE * MIN_TILE, int(memory_mb * 2**20 / bytes_per_pixel(width)))
 
 
-def expand_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """Files, folders (recursive) and globs -> (file, path relative to where it was found)."""
+def expand_inputs(inputs: list[str], exclude: Path | None = None,
+                  notice: Callable[[str], None] | None = None) -> list[tuple[Path, Path]]:
+    """Files, folders (recursive) and globs -> (file, path relative to where it was found). A folder
+    never yields files from `exclude` below it (the output folder: a second run must not take the
+    first one's outputs as inputs); photos Pillow cannot read are named to `notice`, not passed over."""
     out = []
     for spec in inputs:
         p = Path(spec).expanduser()
         if p.is_dir():
-            out += [(f, f.relative_to(p)) for f in find_images(p)]
+            skip = exclude.resolve() if exclude is not None else None
+            if skip is not None and not (skip != p.resolve() and skip.is_relative_to(p.resolve())):
+                skip = None  # not below this folder; its own folder as output is refused by output_paths
+
+            def wanted(f: Path) -> bool:
+                return skip is None or not f.resolve().is_relative_to(skip)
+
+            found = [(f, f.relative_to(p)) for f in find_images(p) if wanted(f)]
+            unreadable = sorted(f for f in p.rglob("*") if f.suffix.lower() in UNREADABLE_EXTENSIONS and wanted(f))
+            if unreadable and notice:
+                kinds = ", ".join(sorted({f.suffix.lower() for f in unreadable}))
+                notice(f"{spec}: skipping {len(unreadable)} file(s) Pillow cannot read ({kinds}); convert them to "
+                       "JPEG or PNG first")
+            if not found:
+                raise StylizeError(f"{spec}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            out += found
         elif p.exists():
             out.append((p, Path(p.name)))
         elif any(c in spec for c in "*?["):
@@ -136,9 +156,10 @@ def apply_files(stylizer, inputs: list[str], out: Path | None = None, out_dir: P
                 max_size: int | None = None, quality: int = 95, skip_existing: bool = False,
                 preserve_color: bool = False, match_color: bool = False,
                 progress: Callable[[Path, Path], None] | None = None, workers: int = 2,
-                share: tuple[int, int] = (0, 1)) -> ApplyReport:
+                share: tuple[int, int] = (0, 1), notice: Callable[[str], None] | None = None) -> ApplyReport:
     """Stylize every input; a file that fails (unreadable, corrupt, unwritable) is reported and the
-    rest go on. Failures are in input order. `share` (k, n): only every n-th input from the k-th, for
+    rest go on. Failures are in input order. Outputs keep the photo's colour profile, EXIF and DPI;
+    what cannot be kept (the frames after the first, an alpha channel in a JPEG) is said to `notice`. `share` (k, n): only every n-th input from the k-th, for
     one of n processes sharing a batch; outputs are named from the whole list, so they do not depend
     on the sharing.
 
@@ -149,10 +170,11 @@ def apply_files(stylizer, inputs: list[str], out: Path | None = None, out_dir: P
     serialized, possibly from a writer thread. On KeyboardInterrupt the images already stylized are
     still written, then Interrupted is raised with the report.
     """
-    items = expand_inputs(inputs)
+    items = expand_inputs(inputs, exclude=out_dir if out is None else None)
     paths = output_paths(items, out, out_dir)
     items, paths = items[share[0]::share[1]], paths[share[0]::share[1]]  # before stale .part files go: not others'
-    stylizer.condition(styles, match_color=match_color)  # bad styles fail before any file is read
+    check_strength(strength, stylizer.name, stylizer.has_strength)  # bad requests fail before any file is read
+    stylizer.condition(styles, match_color=match_color)
     report, t0, lock = ApplyReport(), time.perf_counter(), threading.Lock()
     order = {src: i for i, (src, _) in enumerate(items)}
     big = stylizer.budget
@@ -177,13 +199,20 @@ def apply_files(stylizer, inputs: list[str], out: Path | None = None, out_dir: P
         else:
             todo.append((src, dst))
 
+    notice = notice or (lambda message: None)
+
     def read(src: Path):
         x, alpha = stylizer.load(src, max_size)
-        return x, alpha, stylizer.load_mask(mask, tuple(x.shape[1:])) if mask is not None else None
+        if (frames := frame_count(src)) > 1:
+            notice(f"{src}: animated, {frames} frames; stylized the first only")
+        return x, alpha, stylizer.load_mask(mask, tuple(x.shape[1:])) if mask is not None else None, metadata(src)
 
-    def write(src: Path, dst: Path, y, alpha):
+    def write(src: Path, dst: Path, y, alpha, meta):
         try:
-            save_image(y, dst, alpha, quality)
+            if alpha is not None and SAVE_FORMATS.get(dst.suffix.lower()) not in HAS_ALPHA:
+                notice(f"{dst}: {dst.suffix} has no transparency, so the photo's alpha channel is dropped "
+                       "(write .png or .webp to keep it)")
+            save_image(y, dst, alpha, quality, meta)
             done(src, dst)
         except StylizeError as e:
             done(src, dst, str(e))
@@ -199,7 +228,7 @@ def apply_files(stylizer, inputs: list[str], out: Path | None = None, out_dir: P
                 break
             (src, dst), loading = reads.popleft()
             try:
-                x, alpha, m = loading.result()
+                x, alpha, m, meta = loading.result()
             except StylizeError as e:
                 done(src, dst, str(e))
                 continue
@@ -224,7 +253,7 @@ def apply_files(stylizer, inputs: list[str], out: Path | None = None, out_dir: P
                 done(src, dst, f"{src}: out of memory ({x.shape[2]}x{x.shape[1]}); try a smaller --memory or --max-size")
                 continue
             del x
-            writes.append(writers.submit(write, src, dst, y, alpha))
+            writes.append(writers.submit(write, src, dst, y, alpha, meta))
             del y, alpha
             while len(writes) > (0 if huge else workers):  # back-pressure: finished images are memory too
                 writes[0].result()  # left in the queue until done, so an interrupt still waits for it

@@ -41,9 +41,9 @@ class Progress:
 
 
 class Interrupted(Exception):
-    def __init__(self, checkpoint: Path, iteration: int):
+    def __init__(self, checkpoint: Path, iteration: int, signum: int = signal.SIGINT):
         super().__init__(f"interrupted at iteration {iteration}; checkpoint saved to {checkpoint}")
-        self.checkpoint, self.iteration = checkpoint, iteration
+        self.checkpoint, self.iteration, self.signum = checkpoint, iteration, signum
 
 
 def run_dir(out: str | Path) -> Path:
@@ -153,7 +153,7 @@ class _StopFlag:
     """Ctrl-C or kill ends the run at the next iteration boundary, with a checkpoint."""
 
     def __init__(self):
-        self.stop, self.since = False, 0.0
+        self.stop, self.since, self.signum = False, 0.0, signal.SIGINT
         self._old = {}
 
     def __enter__(self):
@@ -170,7 +170,7 @@ class _StopFlag:
         if self.stop and time.monotonic() - self.since > 1.0:
             raise KeyboardInterrupt
         if not self.stop:
-            self.stop, self.since = True, time.monotonic()
+            self.stop, self.since, self.signum = True, time.monotonic(), signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -379,11 +379,19 @@ class PredictionRecipe:
         self.net.predictor.load_state_dict(ckpt["predictor"]["state_dict"])
 
 
+# What a resumed run may change (--lr, the loss weights, --iterations to extend it, where it writes);
+# the rest (network, styles, photos, loss network...) would make it another run.
+RESUMABLE = ("iterations", "out", "content", "lr", "lr_schedule", "content_weight", "style_weight", "tv_weight",
+             "color_weight", "pixel_weight", "device", "checkpoint_every", "sample_every", "workers", "levers")
+
+
 def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
-          resume: str | Path | None = None, levers: Iterable[str] | None = None) -> Path:
-    """Train and write cfg.out; returns its path. With `resume`, continue that checkpoint's run
-    (its settings win, except `iterations`, so a finished run can be extended). `levers` overrides
-    cfg.levers, the speed levers to use (speed.py).
+          resume: str | Path | None = None, levers: Iterable[str] | None = None,
+          overrides: Iterable[str] | None = None) -> Path:
+    """Train and write cfg.out; returns its path. With `resume`, continue that checkpoint's run to its
+    own end, with its own settings, except those named in `overrides` (settings of cfg to use instead:
+    the flags a user gave; None: only `iterations`, so a run can be extended), which must be among
+    RESUMABLE. `levers` overrides cfg.levers, the speed levers to use (speed.py).
 
     Under torchrun each process runs this with the same settings: cfg.batch_size is then each
     process's share, the run (its files and checkpoints) records the whole batch, and only the first
@@ -393,10 +401,18 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
     if resume is not None:
         ckpt = modelfile.load(resume)
         if "optimizer" not in ckpt:
-            raise StylizeError(f"{resume}: a finished model, not a checkpoint; resume from {run_dir(cfg.out)}/checkpoint.pt")
-        iterations = cfg.iterations
-        cfg = TrainConfig.from_dict(ckpt["train"])
-        cfg.iterations = max(iterations, ckpt["iteration"])
+            raise StylizeError(f"{resume}: a finished model, not a checkpoint; resume from "
+                               f"{run_dir(Path(resume))}/checkpoint.pt")
+        run = TrainConfig.from_dict(ckpt["train"])
+        given = {"iterations"} if overrides is None else set(overrides)
+        fixed = sorted(k for k in given - set(RESUMABLE) if getattr(cfg, k) != getattr(run, k))
+        if fixed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise StylizeError(f"{resume}: a resumed run keeps its {flags}; start a new run to change that")
+        cfg = replace(run, **{k: getattr(cfg, k) for k in given & set(RESUMABLE)})
+        if cfg.iterations <= ckpt["iteration"]:
+            raise StylizeError(f"{resume}: the run is already at iteration {ckpt['iteration']} of {cfg.iterations}; "
+                               f"pass --iterations N (over {ckpt['iteration']}) to train it further")
     if cfg.norm not in NORMS:
         raise StylizeError(f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORMS)}")
     if not cfg.style:
@@ -506,7 +522,7 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
     if it < cfg.iterations:
         path = checkpoint() if shard.lead else folder / "checkpoint.pt"
         shard.barrier()  # no process reports the checkpoint before it is written
-        raise Interrupted(path, it)
+        raise Interrupted(path, it, flag.signum)
     if not shard.lead:
         shard.barrier()  # returns once the lead has written the model
         return Path(cfg.out)

@@ -1,7 +1,6 @@
 """Reading and writing images: orientation, alpha, modes, and every failure as a one-line StylizeError."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest

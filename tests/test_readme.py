@@ -1,5 +1,8 @@
-"""The README's set-up commands are the ones CI and users run."""
+"""The README's set-up commands are the ones CI and users run, and its use lines run as written."""
+import shlex
 from pathlib import Path
+
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,3 +20,61 @@ def test_readme_main_command_uses_a_shipped_model_and_example_photo():
     from stylize.settings import DEFAULT_MODEL
 
     assert (ROOT / "weights" / f"{DEFAULT_MODEL}.pt").is_file()
+
+
+def readme_commands() -> list[str]:
+    """The `stylize ...` lines of the README's code blocks."""
+    lines, inside = [], False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            continue
+        if inside and line.startswith("stylize "):
+            lines.append(line)
+    return lines
+
+
+def test_every_readme_use_line_runs_as_written(tmp_path, monkeypatch, make_model):
+    """Each `stylize` line of the README, in a folder holding the files it names (small synthetic
+    photos; `trio`, which the README says is a model of your own, is an untrained three-style model).
+    `stylize train` lines need a folder of photos and minutes: the README says so; they are covered by
+    tests/test_cli.py."""
+    from typer.testing import CliRunner
+
+    from stylize.cli import app
+    from conftest import make_photo, make_style
+
+    monkeypatch.chdir(tmp_path)
+    make_photo(0, 64, 48).save("photo.jpg")
+    make_photo(1, 96, 80).save("huge.jpg")
+    for folder, name in (("photos", "a.jpg"), ("photos/sub", "b.jpg"), ("more", "c.png")):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        make_photo(len(name), 48, 40).save(Path(folder) / name)
+    make_style(3).save("any_painting.jpg")
+    Image.new("L", (64, 48), 255).save("sky.png")
+    models = tmp_path / "models"
+    models.mkdir()
+    make_model("conditional", num_styles=3, styles=["starry", "wave", "udnie"], name="trio").rename(models / "trio.pt")
+    monkeypatch.setenv("STYLIZE_MODELS", str(models))
+    commands = readme_commands()
+    assert len(commands) >= 15
+    ran = 0
+    for line in commands:
+        if line.startswith("stylize train"):
+            continue
+        argv = shlex.split(line, comments=True)
+        result = CliRunner().invoke(app, argv[1:])
+        assert result.exit_code == 0, (" ".join(argv), result.output)
+        ran += 1
+    assert ran >= 14
+
+
+def test_every_shipped_model_has_its_graph_for_a_fast_first_apply():
+    """tools/ship_graphs.py exports them; run it after retraining a shipped model."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from ship_graphs import wanted
+
+    missing = [m.name for m in sorted((ROOT / "weights").glob("*.pt")) if not wanted(m).exists()]
+    assert not missing, f"run python tools/ship_graphs.py: no graph for {missing}"

@@ -93,7 +93,9 @@ def test_mixing_weights_are_normalised_and_identical_styles_mix_to_one(make_mode
 @pytest.mark.parametrize("specs,message", [
     (["nope"], "has no style 'nope'"),
     (["style0=abc"], "not a number"),
-    (["style0=-1"], "must not be negative"),
+    (["style0=-1"], "finite number, 0 or more"),
+    (["style0=nan", "style1=1"], "finite number, 0 or more"),
+    (["style0=inf"], "finite number, 0 or more"),
     (["style0=0"], "add up to zero"),
 ])
 def test_bad_style_names_and_weights_are_clear_errors(make_model, specs, message):

@@ -249,7 +249,7 @@ def test_cli_tile_option(make_model, tmp_path):
     src = tmp_path / "photo.png"
     Image.fromarray(np.ascontiguousarray(photo().permute(1, 2, 0).numpy())).save(src)
     runner = CliRunner()
-    for name, extra in (("whole.png", []), ("tiled.png", ["--tile", "32"])):
+    for name, extra in (("whole.png", []), ("tiled.png", ["--tile", "64"])):
         result = runner.invoke(app, ["apply", str(src), "--model", str(model), "--out", str(tmp_path / name),
                                      "--device", "cpu", *extra])
         assert result.exit_code == 0, result.output

@@ -1,0 +1,48 @@
+"""Export the shipped models' ONNX graphs ahead of time into weights/onnx/, so that a user's first
+`stylize apply` with a shipped model runs at once instead of exporting for seconds (onnx_runtime.py
+looks beside a model before its cache). Run it after retraining a shipped model; graphs of models
+no longer shipped are removed. tests/test_readme.py checks that every shipped model has its graph.
+
+    python tools/ship_graphs.py [--weights weights]
+
+What is shipped: for a transformer model, the graph of its default request (no --style, full
+strength: the README's main command); for an arbitrary-style model, its one graph. Other requests
+(--style-weight, mixing) export on first use, as for any model.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stylize import modelfile
+from stylize.export import export_onnx
+from stylize.onnx_runtime import SHIPPED_GRAPHS, shipped_graph
+
+
+def wanted(model: Path) -> Path:
+    arbitrary = bool(modelfile.load(model)["net"].get("style_dim"))
+    return shipped_graph(model, default=not arbitrary)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", type=Path, default=Path(__file__).resolve().parent.parent / "weights")
+    args = ap.parse_args()
+    keep = set()
+    for model in sorted(args.weights.glob("*.pt")):
+        graph = wanted(model)
+        keep.add(graph)
+        if graph.exists():
+            print(f"{graph.name}: up to date")
+            continue
+        report = export_onnx(model, graph, default=graph.stem.endswith("-default"))
+        print(f"wrote {graph} ({graph.stat().st_size / 2**20:.1f} MB, {report.seconds:.0f} s, "
+              f"largest difference {report.max_difference:.1e})")
+    for stale in (args.weights / SHIPPED_GRAPHS).glob("*.onnx"):
+        if stale not in keep:
+            stale.unlink()
+            print(f"removed {stale.name} (no such shipped model now)")
+
+
+if __name__ == "__main__":
+    main()
