@@ -6,6 +6,7 @@ A model file is a plain dict of tensors, strings and numbers (loadable with weig
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
 import pickle
 from pathlib import Path
@@ -15,9 +16,19 @@ from .files import atomic_write
 
 FORMAT = "stylize-model"
 VERSION = 1
-# Where `--model NAME` looks, in order: $STYLIZE_MODELS (a user folder), then the shipped weights/.
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 USER_DIR_ENV = "STYLIZE_MODELS"
+
+
+def _shipped_dir() -> Path:
+    """The shipped models: package data (stylize/weights/) in an installed wheel, the repository's
+    weights/ in a checkout or an editable install (pyproject.toml maps one onto the other)."""
+    installed = Path(str(importlib.resources.files("stylize") / "weights"))
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "weights"
+
+
+# Where `--model NAME` looks, in order: $STYLIZE_MODELS (a user folder), ~/.stylize/models/, then
+# the shipped models.
+SHIPPED_DIR = _shipped_dir()
 
 
 def model_dirs() -> list[Path]:

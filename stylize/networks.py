@@ -117,12 +117,13 @@ class TransformerNet(nn.Module):
         if cfg.network not in ARCHITECTURES:
             raise ValueError(f"unknown network {cfg.network!r}; choose one of {', '.join(ARCHITECTURES)}")
         arch, w = ARCHITECTURES[cfg.network], cfg.width
+        first, rest = (replace(cfg, norm="instance"), replace(cfg, norm="batch")) if cfg.norm == "ibn" else (cfg, cfg)
         self.down = nn.ModuleList([
-            ConvNorm(3, w, arch.end_kernel, 1, cfg),
-            ConvNorm(w, 2 * w, 3, 2, cfg),
-            ConvNorm(2 * w, 4 * w, 3, 2, cfg),
+            ConvNorm(3, w, arch.end_kernel, 1, first),
+            ConvNorm(w, 2 * w, 3, 2, first),
+            ConvNorm(2 * w, 4 * w, 3, 2, first),
         ])
-        after = cfg if arch.stats == "all" else replace(cfg, norm="none")  # the layers after the encoder
+        after = rest if arch.stats == "all" else replace(cfg, norm="none")  # the layers after the encoder
         self.res = nn.ModuleList([ResidualBlock(4 * w, after, arch.separable) for _ in range(arch.blocks)])
         self.late_upsample = arch.late_upsample
         self.up = nn.ModuleList([

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-TRANSFORMER_NORMS = ("instance", "conditional", "batch", "layer", "group", "none")  # layers of the Johnson network
+# layers of the Johnson network; ibn: instance norm in the encoder, batch norm after it (after Pan et
+# al.'s IBN-Net), for the normalization study (docs/normalization.md)
+TRANSFORMER_NORMS = ("instance", "conditional", "batch", "layer", "group", "none", "ibn")
 # adaptive: any painting at apply time; with a transformer network its norm parameters are predicted
 # from the painting (style_prediction.py), with --network adain it is the AdaIN encoder-decoder (adain.py)
 NORMS = TRANSFORMER_NORMS + ("adaptive",)
@@ -63,6 +65,7 @@ class TrainConfig:
     # strength 0.5 looks half-way (with 10 against 100, 0.25 already gave 60% of the full change)
     pixel_weight: float = 100.0
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
+    style_lr_scale: float = 10.0  # several styles (CIN): learning-rate multiple of the per-style tables
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # one of LR_SCHEDULES
     loss_net: str = "auto"  # one of LOSS_NETS; a run records the one it resolved to
@@ -88,7 +91,8 @@ class TrainConfig:
 
 
 # What runs recorded before these settings existed were trained with.
-LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024, "color_weight": 0.0}
+LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024, "color_weight": 0.0,
+          "style_lr_scale": 1.0}
 
 
 @dataclass

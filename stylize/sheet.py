@@ -49,7 +49,12 @@ def contact_sheet(stylizer: Stylizer | AdaINStylizer, photo: torch.Tensor, style
             weights = stylizer.condition(spec.split(","))
             rows.append([photo_tile if r == 0 else None] +
                         [(to_pil(stylizer(photo, weights, s)), f"{_label(spec)} @ {s:g}") for s in strengths])
-    w, h = photo_tile[0].size
+    return tile_grid(rows)
+
+
+def tile_grid(rows: list[list[tuple[Image.Image, str] | None]]) -> Image.Image:
+    """Labelled tiles in rows (None: an empty cell), each cell the size of the first tile."""
+    w, h = next(t for r in rows for t in r if t is not None)[0].size
     cols = max(len(r) for r in rows)
     sheet = Image.new("RGB", (cols * w, len(rows) * (h + LABEL_HEIGHT)), "white")
     draw, font = ImageDraw.Draw(sheet), _font()
@@ -58,6 +63,7 @@ def contact_sheet(stylizer: Stylizer | AdaINStylizer, photo: torch.Tensor, style
             if tile is None:
                 continue
             x, y = i * w, j * (h + LABEL_HEIGHT)
-            sheet.paste(tile[0], (x, y + LABEL_HEIGHT))
+            sheet.paste(tile[0].resize((w, h), Image.Resampling.LANCZOS) if tile[0].size != (w, h) else tile[0],
+                        (x, y + LABEL_HEIGHT))
             draw.text((x + 4, y + 3), tile[1], fill="black", font=font)
     return sheet

@@ -62,7 +62,10 @@ def test_styles_give_different_outputs(trio):
     s = Stylizer(trio, "cpu")
     x = photo_tensor()
     a, b = s(x, s.style_weights(["stripes"])), s(x, s.style_weights(["checks"]))
-    assert float((a - b).abs().mean()) > 0.01
+    # measured on this toy run: 0.041 (0.053 with seed 1) with the per-style tables at 10x the rate
+    # (TrainConfig.style_lr_scale); 0.019-0.021 at one rate here, 0.0096 on an AMD EPYC. The floor sits
+    # at about 60% of the lowest measured value, above what one rate gives
+    assert float((a - b).abs().mean()) > 0.025
 
 
 def test_mask_paints_each_style_where_its_mask_is_one(trio):

@@ -1,0 +1,109 @@
+"""The README's gallery, regenerated from the shipped models and the credited example photos:
+
+    python tools/gallery.py [--out examples] [--size 320]
+
+writes, into --out:
+  gallery_styles.jpg     every example photo through every shipped single-style model
+  gallery_strength.jpg   the default model at strengths 0, 0.25, 0.5, 0.75, 1 (`--style-weight`)
+  gallery_mix.jpg        the shipped multi-style model: two styles mixed in steps, then a mask
+                         (left half one style, right half the other)
+  gallery_arbitrary.jpg  the arbitrary-style model on textures made by tools/textures.py (ours, so
+                         the picture can be shipped), each texture at the head of its column
+
+Photos are scaled to --size px (longest side) first, so strokes look as they do on a photo of that
+size. Everything here is the library's public API; nothing is tuned per picture.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from stylize import modelfile
+from stylize.images import load_image, save_pil, to_pil
+from stylize.inference import load_stylizer
+from stylize.settings import DEFAULT_ADAPTIVE_MODEL, DEFAULT_MODEL
+from stylize.sheet import tile_grid
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ["chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+TEXTURES = [103, 111, 117, 129]  # tools/textures.py numbers; the arbitrary model trained on 0-23 only
+
+
+def shipped() -> list[dict]:
+    return [modelfile.describe(modelfile.load(p)) for p in sorted(modelfile.SHIPPED_DIR.glob("*.pt"))]
+
+
+def styles_sheet(photos, models) -> Image.Image:
+    singles = [m for m in models if m["kind"] == "transformer" and len(m["styles"]) == 1 and m["norm"] != "adaptive"]
+    singles.sort(key=lambda m: (m["name"] != DEFAULT_MODEL, m["name"]))
+    stylizers = [load_stylizer(m["path"], "cpu") for m in singles]
+    return tile_grid([[(to_pil(x), name)] + [(to_pil(s(x)), m["name"]) for s, m in zip(stylizers, singles)]
+                      for name, x in photos])
+
+
+def strength_sheet(name, x) -> Image.Image:
+    s = load_stylizer(DEFAULT_MODEL, "cpu")
+    return tile_grid([[(to_pil(x), name)] + [(to_pil(s(x, None, k)), f"{DEFAULT_MODEL} @ {k:g}")
+                                              for k in (0.0, 0.25, 0.5, 0.75, 1.0)]])
+
+
+def mix_sheet(name, x, models) -> Image.Image | None:
+    multi = [m for m in models if m["kind"] == "transformer" and len(m["styles"]) > 1]
+    if not multi:
+        return None
+    s = load_stylizer(multi[0]["path"], "cpu")
+    a, b = s.styles[0], s.styles[1]
+    row = [(to_pil(x), name)]
+    for w in (1.0, 0.75, 0.5, 0.25, 0.0):
+        row.append((to_pil(s(x, s.condition([f"{a}={w}", f"{b}={1 - w}"]))), f"{a} {w:g} / {b} {1 - w:g}"))
+    mask = torch.zeros(x.shape[1:])
+    mask[:, : x.shape[2] // 2] = 1
+    row.append((to_pil(s(x, s.condition([a, b], mask))), f"mask: {a} | {b}"))
+    return tile_grid([row])
+
+
+def arbitrary_sheet(photos, size: int) -> Image.Image:
+    sys.path.insert(0, str(ROOT / "tools"))
+    from textures import texture
+
+    s = load_stylizer(DEFAULT_ADAPTIVE_MODEL, "cpu")
+    paintings = []
+    for n in TEXTURES:
+        path = ROOT / "build" / f"texture_{n}.png"
+        path.parent.mkdir(exist_ok=True)
+        texture(n, 512).save(path)
+        paintings.append(path)
+    head = [None] + [(Image.open(p).convert("RGB"), f"texture {n}") for n, p in zip(TEXTURES, paintings)]
+    rows = [[(to_pil(x), name)] + [(to_pil(s(x, s.condition([str(p)]))), f"texture {n}")
+                                   for n, p in zip(TEXTURES, paintings)] for name, x in photos]
+    w, h = rows[0][0][0].size
+    head = [None] + [(im.resize((w, h), Image.Resampling.LANCZOS) if im.size != (w, h) else im, label)
+                     for im, label in (t for t in head[1:])]
+    return tile_grid([head] + rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "examples")
+    ap.add_argument("--size", type=int, default=320)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    photos = [(p, load_image(ROOT / "examples" / p, max_size=args.size)[0]) for p in PHOTOS]
+    models = shipped()
+    sheets = {"gallery_styles.jpg": styles_sheet(photos, models),
+              "gallery_strength.jpg": strength_sheet(*photos[0]),
+              "gallery_mix.jpg": mix_sheet(*photos[0], models),
+              "gallery_arbitrary.jpg": arbitrary_sheet(photos, args.size)}
+    for name, sheet in sheets.items():
+        if sheet is None:
+            print(f"{name}: skipped (no shipped multi-style model)")
+            continue
+        print(f"wrote {save_pil(sheet, args.out / name, quality=90)}")
+
+
+if __name__ == "__main__":
+    main()
