@@ -156,6 +156,20 @@ def trained(tmp_path_factory, photos_dir, style_path):
 
 
 @pytest.fixture
+def model(trained) -> Path:
+    """The session's tiny trained model file."""
+    return trained.path
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    """A 48x40 synthetic photo file."""
+    p = tmp_path / "photo.png"
+    make_photo(10).save(p)
+    return p
+
+
+@pytest.fixture
 def make_model(tmp_path):
     """Write an untrained model file (random weights, random per-style affine parameters)."""
     from stylize.training import model_record

@@ -10,11 +10,10 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylize import images, inference, pipeline
+from stylize import inference, pipeline
 from stylize.cli import _kill_as_interrupt, app
 from stylize.inference import Interrupted, Stylizer, apply_files, output_paths
 

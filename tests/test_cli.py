@@ -47,18 +47,6 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
-@pytest.fixture
-def model(trained) -> Path:
-    return trained.path
-
-
-@pytest.fixture
-def photo(tmp_path) -> Path:
-    p = tmp_path / "photo.png"
-    make_photo(10).save(p)
-    return p
-
-
 # ---------------------------------------------------------------- train
 
 def test_train_writes_a_model_and_run_folder(tmp_path, photos_dir, style_path, style_path2):

@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import os
 import signal
-from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
@@ -20,18 +18,6 @@ from conftest import make_photo, tiny_config
 from test_cli import assert_clean_failure, files_under, invoke
 
 pytestmark = pytest.mark.usefixtures("fast_random_vgg")
-
-
-@pytest.fixture
-def model(trained) -> Path:
-    return trained.path
-
-
-@pytest.fixture
-def photo(tmp_path) -> Path:
-    p = tmp_path / "photo.png"
-    make_photo(10).save(p)
-    return p
 
 
 # ---------------------------------------------------------------- wrong results that exited 0
