@@ -27,7 +27,7 @@ from . import __version__, modelfile
 from .errors import StylizeError
 from .files import atomic_write
 from .norms import Condition
-from .onnx_runtime import file_sha256
+from .files import file_sha256
 
 OPSET = 18
 

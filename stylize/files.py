@@ -1,7 +1,8 @@
-"""Atomic file writes: a temporary file in the destination folder, fsynced, then renamed into place,
-so a crash or a kill never leaves a half-written output or checkpoint."""
+"""Files: atomic writes (a temporary file in the destination folder, fsynced, then renamed into place,
+so a crash or a kill never leaves a half-written output or checkpoint) and content hashes."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,3 +29,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], prefix: str, suf
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """A file's content hash, read in 1 MB blocks (models are named by it in the ONNX graph cache)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

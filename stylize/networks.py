@@ -6,9 +6,12 @@ Departures from the paper, and why:
 - reflection padding everywhere instead of zero padding, which darkens borders;
 - the output is a plain convolution on [0, 1] images (clamped at apply time) rather than a scaled
   tanh, which saturates and slows early training;
-- a strength-conditioned network (NetConfig.strength) outputs photo + s * residual(photo, s): strength
-  0 is the photo exactly, and the residual itself depends on s through the norm layers (norms.py), so
-  intermediate strengths are a stylization trained for that strength, not a cross-fade of pixels.
+- a strength-conditioned network (NetConfig.strength) outputs (1 - s) * photo + s * image(photo, s)
+  (NetConfig.output "blend"): strength 0 is the photo exactly, and the image itself depends on s
+  through the norm layers (norms.py), so intermediate strengths are a stylization trained for that
+  strength, not a cross-fade of pixels. Models before it output photo + s * residual(photo, s)
+  ("residual"): at full strength the network had to cancel the photo's own colours to repaint it,
+  and saturated ones (an orange bridge, a purple sky) survived every painting's palette.
 
 Two architectures (NetConfig.network): "johnson", the paper's, and "light", for CPUs, chosen by
 measured apply time (bench/networks.py) and pictures:
@@ -63,6 +66,7 @@ class NetConfig:
     width: int = 32  # channels of the first layer; Johnson et al. used 32
     network: str = "johnson"  # a key of ARCHITECTURES; model files from before it are johnson
     style_dim: int = 0  # > 0: an arbitrary-style network, its norm parameters predicted from an embedding
+    output: str = "residual"  # with strength: "blend" or "residual" (model files from before it; see above)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,7 +151,9 @@ class TransformerNet(nn.Module):
         if not self.cfg.strength:
             return y
         s = cond.strength if cond is not None and cond.strength is not None else None
-        return x + y if s is None else x + s.to(y.dtype).view(-1, 1, 1, 1) * y
+        if self.cfg.output == "blend":  # y is the stylized image
+            return y if s is None else x + s.to(y.dtype).view(-1, 1, 1, 1) * (y - x)
+        return x + y if s is None else x + s.to(y.dtype).view(-1, 1, 1, 1) * y  # y is a residual
 
     def norms(self):
         return [m for m in self.modules() if hasattr(m, "affine") and hasattr(m, "stat")]

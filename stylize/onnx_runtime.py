@@ -12,7 +12,6 @@ budget go to the PyTorch path (per-pixel conditions, colour conversion, tiling),
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -24,6 +23,7 @@ import numpy as np
 
 from . import mixing, modelfile
 from .errors import StylizeError
+from .files import file_sha256
 from .images import read_array
 from .pipeline import budget_pixels
 from .settings import ApplyConfig
@@ -44,14 +44,6 @@ def accelerator_present() -> bool:
     """Whether --device auto would pick a GPU, judged without importing torch: an NVIDIA driver, or
     an Apple-silicon Mac (MPS)."""
     return Path("/proc/driver/nvidia/version").exists() or (platform.system() == "Darwin" and platform.machine() == "arm64")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cached_graph(model: str | Path, notice: Callable[[str], None] | None = None, default: bool = False) -> Path:

@@ -52,6 +52,7 @@ class TrainConfig:
     network: str = "light"
     width: int = 16
     strength: bool = True  # train for every style strength in [0, 1], not only full strength
+    output: str = "blend"  # with strength: the network's image blended with the photo by s (networks.py)
     iterations: int = 3000
     batch_size: int = 4  # under torchrun, per process: a run (its files) records the whole batch
     image_size: int = 160  # side of the square training crops
@@ -92,7 +93,7 @@ class TrainConfig:
 
 # What runs recorded before these settings existed were trained with.
 LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024, "color_weight": 0.0,
-          "style_lr_scale": 1.0}
+          "style_lr_scale": 1.0, "output": "residual"}
 
 
 @dataclass

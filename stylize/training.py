@@ -185,7 +185,8 @@ class TransformerRecipe:
         names, images = zip(*[load_style(p, cfg.style_size) for p in style_files(cfg.style)])
         self.names, self.cfg, self.device, self.shard = list(names), cfg, device, shard
         norm = "conditional" if cfg.norm == "instance" and len(names) > 1 else cfg.norm
-        self.net = TransformerNet(NetConfig(norm, len(names), cfg.strength, cfg.width, cfg.network)).to(device)
+        self.net = TransformerNet(NetConfig(norm, len(names), cfg.strength, cfg.width, cfg.network,
+                                            output=cfg.output)).to(device)
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers,
@@ -337,7 +338,8 @@ class PredictionRecipe:
             probe = self.loss.net(torch.zeros(1, 3, 64, 64, device=device))
         pcfg = PredictorConfig(cfg.loss_net, tuple(cfg.style_layers), tuple(probe[l].shape[1] for l in cfg.style_layers),
                                cfg.style_dim, cfg.style_size)
-        transformer = TransformerNet(NetConfig("adaptive", 1, cfg.strength, cfg.width, cfg.network, cfg.style_dim))
+        transformer = TransformerNet(NetConfig("adaptive", 1, cfg.strength, cfg.width, cfg.network, cfg.style_dim,
+                                               cfg.output))
         self.net = ArbitraryNet(transformer, StylePredictor(pcfg)).to(device)
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
         self.fixed_styles = [load_style(f, cfg.style_size)[1].to(device) for f in self.files[:4]]

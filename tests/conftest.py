@@ -175,15 +175,15 @@ def make_model(tmp_path):
     from stylize.training import model_record
 
     def make(norm="instance", num_styles=1, strength=True, width=4, name="model", styles=None, seed=0,
-             network="johnson"):
+             network="johnson", output="blend"):
         torch.manual_seed(seed)
-        net = TransformerNet(NetConfig(norm, num_styles, strength, width, network)).eval()
+        net = TransformerNet(NetConfig(norm, num_styles, strength, width, network, output=output)).eval()
         with torch.no_grad():
             for n in net.norms():
                 n.affine.weight.copy_(1 + 0.5 * torch.randn_like(n.affine.weight))
                 n.affine.bias.copy_(0.5 * torch.randn_like(n.affine.bias))
         styles = styles or [f"style{i}" for i in range(num_styles)]
-        rec = model_record(net, TrainConfig(norm=norm, width=width, network=network), styles, half=False)
+        rec = model_record(net, TrainConfig(norm=norm, width=width, network=network, output=output), styles, half=False)
         return modelfile.save(rec, tmp_path / f"{name}.pt")
 
     return make

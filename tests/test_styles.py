@@ -68,8 +68,10 @@ def test_styles_give_different_outputs(trio):
     assert float((a - b).abs().mean()) > 0.025
 
 
-def test_mask_paints_each_style_where_its_mask_is_one(trio):
-    s = Stylizer(trio, "cpu")
+def test_mask_paints_each_style_where_its_mask_is_one(make_model):
+    # two clearly different styles (random per-style tables): the toy trio's two trained styles differ
+    # by less than what the whole-image statistics carry across the boundary
+    s = Stylizer(make_model("conditional", num_styles=2, styles=["stripes", "checks"], width=8, network="light"), "cpu")
     x = torch.cat([photo_tensor(11), photo_tensor(12), photo_tensor(13), photo_tensor(14)], dim=2)  # 32x160
     a = s(x, s.condition(["stripes"]))
     b = s(x, s.condition(["checks"]))
@@ -79,11 +81,11 @@ def test_mask_paints_each_style_where_its_mask_is_one(trio):
     mask = torch.zeros(32, 160)
     mask[:, :80] = 1
     y = s(x, s.condition(["stripes", "checks"], mask))
-    # the receptive field and the instance statistics (whole-image) blend the styles somewhat;
-    # still, far from the boundary each side is closer to its own style than to the other
+    # the receptive field and the instance statistics (whole-image) blend the styles somewhat; still,
+    # far from the boundary each side is much closer to its own style (measured: 0.013 against 0.33)
     left, right = (slice(None), slice(None), slice(0, 24)), (slice(None), slice(None), slice(136, 160))
-    assert float((y[left] - a[left]).abs().mean()) < float((y[left] - b[left]).abs().mean())
-    assert float((y[right] - b[right]).abs().mean()) < float((y[right] - a[right]).abs().mean())
+    assert float((y[left] - a[left]).abs().mean()) < 0.3 * float((y[left] - b[left]).abs().mean())
+    assert float((y[right] - b[right]).abs().mean()) < 0.3 * float((y[right] - a[right]).abs().mean())
 
 
 def test_mixing_weights_are_normalised_and_identical_styles_mix_to_one(make_model):

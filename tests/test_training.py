@@ -91,7 +91,7 @@ def test_model_file_round_trip(trained):
     raw = torch.load(trained.path, map_location="cpu", weights_only=True)
     assert raw["format"] == modelfile.FORMAT and raw["kind"] == "transformer"
     assert raw["net"] == {"norm": "instance", "num_styles": 1, "strength": True, "width": 8, "network": "light",
-                          "style_dim": 0}
+                          "style_dim": 0, "output": "blend"}
     assert raw["styles"] == ["stripes"]
     assert raw["train"] == {**asdict(trained.cfg), "style_loss": "sliced"}  # "auto", resolved for --loss-net random
     assert raw["iteration"] == 30 and raw["metrics"]["skipped_photos"] == 0
@@ -103,7 +103,7 @@ def test_model_file_round_trip(trained):
             assert v.dtype == torch.float16 and torch.equal(v, ckpt["state_dict"][k].half()), k
 
     stylizer = Stylizer(str(trained.path))  # every setting comes from the file
-    assert stylizer.styles == ["stripes"] and stylizer.net.cfg == NetConfig("instance", 1, True, 8, "light")
+    assert stylizer.styles == ["stripes"] and stylizer.net.cfg == NetConfig("instance", 1, True, 8, "light", output="blend")
     net = TransformerNet(NetConfig(**raw["net"]))
     net.load_state_dict({k: v.float() for k, v in raw["state_dict"].items()})
     x = torch.rand(3, 32, 40)
