@@ -193,7 +193,7 @@ def apply(
     inputs: List[str] = typer.Argument(..., metavar="PHOTO", help="Photos, folders (recursive) or globs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model name (see `stylize models`) or file [default: {A.model}, or {DEFAULT_ADAPTIVE_MODEL} when --style is an image]."),
     style: Optional[List[str]] = typer.Option(None, "--style", "-s", metavar="STYLE", help="A style of the model (name or index), or a style image for adaptive models; NAME=W mixes."),
-    style_weight: float = typer.Option(A.style_weight, help="Style strength in [0, 1]; 0 gives back the photo (adaptive: the paper's alpha)."),
+    style_weight: float = typer.Option(A.style_weight, "--style-weight", "--strength", help="Style strength in [0, 1]; 0 gives back the photo (adaptive: the paper's alpha)."),
     style_size: Optional[int] = typer.Option(A.style_size, min=16, help="Adaptive models: longest side the style image is "
                                              "encoded at (scales the strokes) [default: the model's; AdaIN: 512]."),
     preserve_color: bool = typer.Option(False, help="Keep the photo's colours."),

@@ -271,3 +271,10 @@ def test_help_texts_read_cleanly():
     for command in ("train", "apply", "sheet", "export", "models", "info"):
         text = invoke(command, "--help").stdout
         assert " ." not in text and "<list[str]>" not in text.split("Arguments:")[0], command
+
+
+def test_strength_is_another_name_for_style_weight(tmp_path, model, photo):
+    for flag in ("--style-weight", "--strength"):
+        result = invoke("apply", photo, "--model", model, flag, 0, "--out", tmp_path / f"{flag[2:]}.png")
+        assert result.exit_code == 0, result.output
+        assert Image.open(tmp_path / f"{flag[2:]}.png").tobytes() == Image.open(photo).convert("RGB").tobytes()
