@@ -1,6 +1,6 @@
 """The README's gallery, regenerated from the shipped models and the credited example photos:
 
-    python tools/gallery.py [--out examples] [--size 320]
+    python tools/gallery.py [--out examples] [--size 640]
 
 writes, into --out:
   gallery_styles.jpg     every example photo through every shipped single-style model
@@ -89,7 +89,7 @@ def arbitrary_sheet(photos, size: int) -> Image.Image:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "examples")
-    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--size", type=int, default=640)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     photos = [(p, load_image(ROOT / "examples" / p, max_size=args.size)[0]) for p in PHOTOS]
