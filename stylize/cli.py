@@ -13,11 +13,11 @@ from typing import List, Optional
 import typer
 
 from .errors import StylizeError
-from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, LR_SCHEDULES, NETWORKS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, TrainConfig
+from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, LR_SCHEDULES, NETWORKS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, ServeConfig, TrainConfig
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fast neural style transfer: train style networks and apply them to photos.")
-T, A = TrainConfig(), ApplyConfig()
+T, A, S = TrainConfig(), ApplyConfig(), ServeConfig()
 
 
 def _print_version(value: bool):
@@ -209,11 +209,13 @@ def apply(
     device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
     runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx (ONNX Runtime, faster), torch, or auto (onnx where it covers the request)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only: no progress, notices or summary."),
+    smooth: float = typer.Option(A.smooth, min=0.0, max=0.99, help="Video: damp flicker where the picture is still (0: every frame on its own)."),
 ):
     """Stylize photos with a trained model. Folders are searched recursively; a file that fails is
     reported and the rest go on (exit 1 if any failed). Ctrl-C or kill stops cleanly; run again with
     --skip-existing to finish. For pipes, `-` as the photo reads it from standard input, and the
-    result goes to standard output as a PNG (so does `--out -`)."""
+    result goes to standard output as a PNG (so does `--out -`). A video (MP4, MOV, MKV, WebM, AVI) is
+stylized frame by frame with its sound kept, one video per command."""
     _choice(device, DEVICES, "--device")
     _choice(runtime, RUNTIMES, "--runtime")
     from .images import IMAGE_EXTENSIONS
@@ -227,6 +229,11 @@ def apply(
     check_strength(style_weight)
     if 0 < tile < MIN_TILE:
         raise StylizeError(f"--tile {tile}: give 0 (tiles only where they are needed) or at least {MIN_TILE} px")
+    from .video import is_video
+
+    videos = [i for i in inputs if is_video(i)]
+    if videos and (len(inputs) > 1 or mask is not None or str(out) == "-"):
+        raise StylizeError(f"{videos[0]}: a video is stylized alone, without --mask or pipes: one video per command")
     to_stdout = str(out) == "-" or (inputs == ["-"] and out is None)
     if "-" in inputs or to_stdout:
         inputs, out = _pipe_files(ctx, inputs, out, to_stdout)
@@ -234,7 +241,7 @@ def apply(
     from tqdm import tqdm
 
     from .distributed import Shard
-    from .pipeline import Interrupted, apply_files, expand_inputs, output_paths
+    from .pipeline import Interrupted, apply_files, expand_inputs, open_stylizer, output_paths
 
     notice = (lambda message: None) if quiet else functools.partial(tqdm.write, file=sys.stderr)
     items = expand_inputs(inputs, exclude=out_dir if out is None else None, notice=notice)
@@ -257,13 +264,15 @@ def apply(
             tile_bar.close()
             tile_bar = None
 
-    def torch_stylizer():
-        from .inference import load_stylizer
+    if videos:
+        from . import video
 
-        return load_stylizer(model, device, style_size, tile, memory, notice=notice, tile_progress=tile_progress)
-
-    stylizer = _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, style_size, memory,
-                              notice, torch_stylizer, style_weight) or torch_stylizer()
+        video.check(items[0][0], paths[0])
+    stylizer = open_stylizer(model, device, runtime, style, style_weight, mask is not None, tile, preserve_color,
+                             style_size, memory, notice, tile_progress)
+    if videos:
+        return _apply_video(stylizer, items[0][0], paths[0], style, style_weight, max_size, preserve_color,
+                            color_method == "match", smooth, skip_existing, quiet, notice)
     # the bar counts the work to do, so its img/s is the real rate on a resumed run
     existing = {p for p in paths[shard.rank::shard.world] if p.exists()} if skip_existing else set()
     with tqdm(total=mine - len(existing), unit="img", disable=total < 2 or not shard.lead or quiet,
@@ -303,6 +312,29 @@ def apply(
         raise typer.Exit(1)
 
 
+def _apply_video(stylizer, src: Path, dst: Path, style, strength, max_size, preserve_color, match_color,
+                 smooth, skip_existing, quiet, notice) -> None:
+    from tqdm import tqdm
+
+    from .video import frame_count, stylize_video
+
+    if skip_existing and dst.exists():
+        typer.echo(f"skipped {dst}: it exists (--skip-existing)")
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=frame_count(src) or None, unit="frame", disable=quiet, dynamic_ncols=True) as bar, \
+            _kill_as_interrupt() as killed:
+        try:
+            report = stylize_video(stylizer, src, dst, style, strength, max_size, preserve_color, match_color,
+                                   smooth, progress=lambda n: bar.update(n - bar.n), notice=notice)
+        except KeyboardInterrupt:
+            bar.close()
+            fail(f"interrupted; nothing written to {dst}", 128 + killed.get("signum", signal.SIGINT))
+    if not quiet:
+        sound = {"copied": ", sound copied", "re-encoded": ", sound re-encoded", "none": ""}[report.audio]
+        typer.echo(f"wrote {dst} ({report.frames} frames in {report.seconds:.1f} s{sound})")
+
+
 def _pipe_files(ctx: typer.Context, inputs: list[str], out: Path | None, to_stdout: bool) -> tuple[list[str], Path | None]:
     """`-` for standard input or output: through files in a private temporary folder, since the
     pipeline reads and writes files (atomically); the folder goes when the command ends."""
@@ -337,27 +369,6 @@ def _check_writable(folder: Path) -> None:
             pass
     except OSError as e:
         raise StylizeError(f"{folder}: cannot write there ({e.strerror})")
-
-
-def _onnx_stylizer(runtime, device, model, style, mask, tile, preserve_color, style_size, memory, notice, fallback,
-                   strength=1.0):
-    """The ONNX Runtime stylizer where it covers the request (onnx_runtime.py), else None; or the
-    PyTorch one, where the ONNX cache cannot be written."""
-    from . import onnx_runtime
-
-    if runtime == "torch" or device not in ("auto", "cpu") or (device == "auto" and onnx_runtime.accelerator_present()):
-        return None
-    why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if mask else
-           "--tile" if tile else "--preserve-color" if preserve_color else None)
-    if why is None:
-        default = not style and strength == 1.0  # transformer models have a faster graph for it
-        fast = onnx_runtime.load(model, style_size, memory, notice, fallback, default, strength)
-        if not isinstance(fast, onnx_runtime.OnnxStylizer) or not (fast.adaptive and style and len(style) > 1):
-            return fast
-        why = "style interpolation"
-    if runtime == "onnx":
-        raise StylizeError(f"--runtime onnx does not cover {why}; use --runtime torch or auto")
-    return None
 
 
 @contextlib.contextmanager
@@ -431,6 +442,40 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON for sc
         typer.echo("no models found in " + ", ".join(map(str, modelfile.model_dirs())))
     for r in rows:
         typer.echo(f"{r['name']:<20} {r['norm']:<12} {', '.join(r['styles'])}  ({r['path']})")
+
+
+@app.command()
+@clean_errors
+def serve(
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="MODEL", help="Models to offer [default: every shipped one]."),
+    host: str = typer.Option(S.host, help="Address to listen on; 127.0.0.1 is this machine only (0.0.0.0: anyone who can reach it)."),
+    port: int = typer.Option(S.port, min=0, max=65535),
+    max_size: int = typer.Option(S.max_size, min=16, help="Longest side photos are stylized at."),
+    max_upload: float = typer.Option(S.max_upload_mb, min=0.01, help="Largest photo or painting accepted, MB."),
+    device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
+    runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx, torch, or auto."),
+):
+    """A local web page: drop a photo, pick a style or drop a painting, move the strength, download."""
+    _choice(device, DEVICES, "--device")
+    _choice(runtime, RUNTIMES, "--runtime")
+    from importlib.util import find_spec
+
+    if not all(find_spec(m) for m in ("starlette", "uvicorn", "multipart")):  # multipart: Starlette's forms
+        raise StylizeError("stylize serve needs Starlette and uvicorn: pip install 'stylize[serve]'")
+    import uvicorn
+
+    from .server import Studio, default_models, make_app
+
+    studio = Studio(model or default_models(), max_size, max_upload, device, runtime)
+    try:
+        config = uvicorn.Config(make_app(studio), host=host, port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        typer.echo(f"stylize: open http://{host}:{port}/ in a browser (Ctrl-C stops)")
+        server.run()
+        if not server.started:
+            raise StylizeError(f"cannot listen on {host}:{port} (in use, or not an address of this machine)")
+    finally:
+        studio.close()
 
 
 @app.command()

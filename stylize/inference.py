@@ -76,6 +76,7 @@ class Stylizer:
         return load_image(path, max_size, torch.uint8)
 
     load_mask = staticmethod(lambda path, size: load_mask(path, size))
+    wrap = staticmethod(torch.from_numpy)  # a decoded (3, H, W) uint8 array, as load() gives it (video.py)
 
     def run(self, x: torch.Tensor, cond, strength: float) -> torch.Tensor:
         return self(x, cond, strength, dtype=torch.uint8)
@@ -238,6 +239,7 @@ class AdaINStylizer:
     budget = 1 << 62  # runs untiled
     load = staticmethod(lambda path, max_size=None: load_image(path, max_size))
     load_mask = staticmethod(lambda path, size: load_mask(path, size))
+    wrap = staticmethod(lambda a: torch.from_numpy(a).float() / 255)  # as load() gives it (video.py)
 
     def run(self, x: torch.Tensor, cond, strength: float) -> torch.Tensor:
         return self(x, cond, strength)

@@ -177,6 +177,8 @@ class OnnxStylizer:
     def load(self, path, max_size: int | None = None):
         return read_array(path, max_size, uint8=True)
 
+    wrap = staticmethod(lambda a: a)  # a decoded (3, H, W) uint8 array, as load() gives it (video.py)
+
     def load_mask(self, path, size):
         raise StylizeError("masks run on the PyTorch path; use --runtime torch")
 

@@ -19,10 +19,41 @@ from typing import Callable
 
 from .errors import StylizeError
 from .mixing import check_strength
+from .settings import ApplyConfig
 from .images import HAS_ALPHA, IMAGE_EXTENSIONS, SAVE_FORMATS, UNREADABLE_EXTENSIONS, find_images, frame_count, metadata, save_image
 
 
 MIN_TILE = 64
+
+
+def open_stylizer(model: str | Path, device: str = "auto", runtime: str = "auto", styles: list[str] | None = None,
+                  strength: float = 1.0, mask: bool = False, tile: int = 0, preserve_color: bool = False,
+                  style_size: int | None = None, memory_mb: float = ApplyConfig.memory_mb,
+                  notice: Callable[[str], None] | None = None,
+                  tile_progress: Callable[[int, int], None] | None = None):
+    """The stylizer for a request: ONNX Runtime on the CPU where it covers the request (faster start
+    and forward, onnx_runtime.py), else PyTorch (masks, tiles, colour preservation, interpolating
+    paintings, GPUs). `runtime` "onnx" refuses what ONNX Runtime does not cover; "torch" never uses it."""
+    from . import onnx_runtime
+
+    def torch_stylizer():
+        from .inference import load_stylizer
+
+        return load_stylizer(model, device, style_size, tile, memory_mb, notice=notice, tile_progress=tile_progress)
+
+    if runtime == "torch" or device not in ("auto", "cpu") or (device == "auto" and onnx_runtime.accelerator_present()):
+        return torch_stylizer()
+    why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if mask else
+           "--tile" if tile else "--preserve-color" if preserve_color else None)
+    if why is None:
+        default = not styles and strength == 1.0  # transformer models have a faster graph for it
+        fast = onnx_runtime.load(model, style_size, memory_mb, notice, torch_stylizer, default, strength)
+        if not isinstance(fast, onnx_runtime.OnnxStylizer) or not (fast.adaptive and styles and len(styles) > 1):
+            return fast  # (or the PyTorch one, where the ONNX cache cannot be written)
+        why = "style interpolation"
+    if runtime == "onnx":
+        raise StylizeError(f"--runtime onnx does not cover {why}; use --runtime torch or auto")
+    return torch_stylizer()
 
 
 def bytes_per_pixel(width: int) -> float:
@@ -87,7 +118,7 @@ def output_paths(items: list[tuple[Path, Path]], out: Path | None, out_dir: Path
     else:
         paths, taken = [], set()
         for _, rel in items:
-            suffix = rel.suffix.lower() if rel.suffix.lower() in SAVE_FORMATS else ".png"
+            suffix = _output_suffix(rel.suffix.lower())
             p = out_dir / rel.with_suffix(suffix)
             k = 2
             while str(p).casefold() in taken:  # same name from different places (or only in case)
@@ -95,11 +126,24 @@ def output_paths(items: list[tuple[Path, Path]], out: Path | None, out_dir: Path
                 k += 1
             taken.add(str(p).casefold())
             paths.append(p)
-    inputs = {f.resolve() for f, _ in items}
-    for p in paths:
+    refuse_inputs(paths, [f for f, _ in items])
+    return paths
+
+
+def _output_suffix(suffix: str) -> str:
+    """An input's own format where it can be written, else PNG (photos) or MP4 (video)."""
+    from .video import VIDEO_EXTENSIONS, WRITABLE
+
+    if suffix in SAVE_FORMATS or suffix in WRITABLE:
+        return suffix
+    return ".mp4" if suffix in VIDEO_EXTENSIONS else ".png"
+
+
+def refuse_inputs(outputs: list[Path], inputs: list[Path]) -> None:
+    inputs = {f.resolve() for f in inputs}
+    for p in outputs:
         if p.resolve() in inputs:
             raise StylizeError(f"{p}: refusing to overwrite an input; choose another --out or --out-dir")
-    return paths
 
 
 @dataclass

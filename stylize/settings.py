@@ -114,3 +114,15 @@ class ApplyConfig:
     # auto: ONNX Runtime for whole-image CPU passes when it is installed (faster start and forward,
     # onnx_runtime.py), PyTorch otherwise and for masks, colour preservation and tiles
     runtime: str = "auto"
+    # video: how much of the previous output frame a still pixel keeps, damping flicker (video.py;
+    # chosen with bench/video.py: flicker falls to about half, with little trailing behind motion)
+    smooth: float = 0.8
+
+
+@dataclass
+class ServeConfig:
+    """`stylize serve` (server.py)."""
+    host: str = "127.0.0.1"  # this machine only; another address makes the page reachable from others
+    port: int = 8000
+    max_size: int = 1024  # photos are stylized at most this long on their longest side (a CPU's seconds)
+    max_upload_mb: float = 25.0  # a photo or painting larger than this is refused

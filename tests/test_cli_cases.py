@@ -268,7 +268,7 @@ def test_a_killed_batch_exits_143(tmp_path, model, monkeypatch):
 
 
 def test_help_texts_read_cleanly():
-    for command in ("train", "apply", "sheet", "export", "models", "info"):
+    for command in ("train", "apply", "sheet", "export", "models", "info", "serve"):
         text = invoke(command, "--help").stdout
         assert " ." not in text and "<list[str]>" not in text.split("Arguments:")[0], command
 
