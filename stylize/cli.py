@@ -241,15 +241,15 @@ stylized frame by frame with its sound kept, one video per command."""
     from tqdm import tqdm
 
     from .distributed import Shard
-    from .pipeline import Interrupted, apply_files, expand_inputs, open_stylizer, output_paths
+    from .pipeline import Interrupted, apply_files, open_stylizer, plan
 
     notice = (lambda message: None) if quiet else functools.partial(tqdm.write, file=sys.stderr)
-    items = expand_inputs(inputs, exclude=out_dir if out is None else None, notice=notice)
-    paths = output_paths(items, out, out_dir)  # --out with several inputs fails here, before any work
+    pairs = plan(inputs, out, out_dir, notice)  # --out with several inputs fails here, before any work
+    paths = [dst for _, dst in pairs]
     _check_writable(out.parent if out is not None else out_dir)
     shard = Shard.from_env()  # under torchrun: every N-th input, on this process's own GPU
     shard.use_gpu()
-    total = len(items)
+    total = len(pairs)
     mine = len(range(shard.rank, total, shard.world))
     tile_bar = None
 
@@ -267,11 +267,11 @@ stylized frame by frame with its sound kept, one video per command."""
     if videos:
         from . import video
 
-        video.check(items[0][0], paths[0])
+        video.check(*pairs[0])
     stylizer = open_stylizer(model, device, runtime, style, style_weight, mask is not None, tile, preserve_color,
                              style_size, memory, notice, tile_progress)
     if videos:
-        return _apply_video(stylizer, items[0][0], paths[0], style, style_weight, max_size, preserve_color,
+        return _apply_video(stylizer, *pairs[0], style, style_weight, max_size, preserve_color,
                             color_method == "match", smooth, skip_existing, quiet, notice)
     # the bar counts the work to do, so its img/s is the real rate on a resumed run
     existing = {p for p in paths[shard.rank::shard.world] if p.exists()} if skip_existing else set()
@@ -279,9 +279,10 @@ stylized frame by frame with its sound kept, one video per command."""
               dynamic_ncols=True) as bar, \
             _kill_as_interrupt() as killed:
         try:
-            report = apply_files(stylizer, inputs, out, out_dir, style, style_weight, str(mask) if mask else None,
-                                 max_size, quality, skip_existing, preserve_color,
-                                 preserve_color and color_method == "match",
+            report = apply_files(stylizer, pairs, styles=style, strength=style_weight,
+                                 mask=str(mask) if mask else None, max_size=max_size, quality=quality,
+                                 skip_existing=skip_existing, preserve_color=preserve_color,
+                                 match_color=preserve_color and color_method == "match",
                                  progress=lambda src, dst: dst in existing or bar.update(1),
                                  share=(shard.rank, shard.world), notice=notice)
         except Interrupted as e:

@@ -195,13 +195,22 @@ def _remove_stale_parts(paths: list[Path]) -> None:
                 f.unlink(missing_ok=True)
 
 
-def apply_files(stylizer, inputs: list[str], out: Path | None = None, out_dir: Path = Path("stylized"),
+def plan(inputs: list[str], out: Path | None = None, out_dir: Path = Path("stylized"),
+         notice: Callable[[str], None] | None = None) -> list[tuple[Path, Path]]:
+    """Inputs expanded (expand_inputs) and each given its output (output_paths): (photo, output)
+    pairs, or a StylizeError before any work."""
+    items = expand_inputs(inputs, exclude=out_dir if out is None else None, notice=notice)
+    return list(zip((f for f, _ in items), output_paths(items, out, out_dir)))
+
+
+def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], out: Path | None = None, out_dir: Path = Path("stylized"),
                 styles: list[str] | None = None, strength: float = 1.0, mask: str | None = None,
                 max_size: int | None = None, quality: int = 95, skip_existing: bool = False,
                 preserve_color: bool = False, match_color: bool = False,
                 progress: Callable[[Path, Path], None] | None = None, workers: int = 2,
                 share: tuple[int, int] = (0, 1), notice: Callable[[str], None] | None = None) -> ApplyReport:
-    """Stylize every input; a file that fails (unreadable, corrupt, unwritable) is reported and the
+    """Stylize every input (files, folders, globs; or the (photo, output) pairs of plan(), which
+    `out` and `out_dir` then do not change); a file that fails (unreadable, corrupt, unwritable) is reported and the
     rest go on. Failures are in input order. Outputs keep the photo's colour profile, EXIF and DPI;
     what cannot be kept (the frames after the first, an alpha channel in a JPEG) is said to `notice`. `share` (k, n): only every n-th input from the k-th, for
     one of n processes sharing a batch; outputs are named from the whole list, so they do not depend
@@ -214,9 +223,9 @@ def apply_files(stylizer, inputs: list[str], out: Path | None = None, out_dir: P
     serialized, possibly from a writer thread. On KeyboardInterrupt the images already stylized are
     still written, then Interrupted is raised with the report.
     """
-    items = expand_inputs(inputs, exclude=out_dir if out is None else None)
-    paths = output_paths(items, out, out_dir)
-    items, paths = items[share[0]::share[1]], paths[share[0]::share[1]]  # before stale .part files go: not others'
+    pairs = inputs if inputs and isinstance(inputs[0], tuple) else plan(inputs, out, out_dir)
+    pairs = pairs[share[0]::share[1]]  # before stale .part files go: not others'
+    items, paths = [(src, None) for src, _ in pairs], [dst for _, dst in pairs]
     check_strength(strength, stylizer.name, stylizer.has_strength)  # bad requests fail before any file is read
     stylizer.condition(styles, match_color=match_color)
     report, t0, lock = ApplyReport(), time.perf_counter(), threading.Lock()
