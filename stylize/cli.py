@@ -179,7 +179,7 @@ def _graph_ahead(model: Path) -> None:
     if os.environ.get("STYLIZE_RUNTIME", A.runtime) == "torch" or not onnx_runtime.installed() or \
             onnx_runtime.accelerator_present() or onnx_runtime.cache_problem():
         return
-    adaptive = modelfile.describe(modelfile.load(model))["norm"] == "adaptive"  # these always take a painting
+    adaptive = modelfile.describe(modelfile.read_record(model))["norm"] == "adaptive"  # these always take a painting
     try:
         onnx_runtime.cached_graph(model, typer.echo, default=not adaptive)
     except StylizeError as e:  # the model is written; apply will say this again, or use PyTorch
@@ -433,7 +433,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON for sc
     rows = []
     for path in modelfile.find_models():
         try:
-            rows.append(modelfile.describe(modelfile.load(path)))
+            rows.append(modelfile.describe(modelfile.read_record(path)))  # torch-free
         except StylizeError as e:
             typer.echo(f"warning: {e}", err=True)
     if as_json:
@@ -486,7 +486,7 @@ def info(model: str = typer.Argument(..., help="Model name or file."),
     """Print what a model file says about itself."""
     from . import modelfile
 
-    rec = modelfile.load(model)
+    rec = modelfile.read_record(model)  # torch-free
     d = modelfile.describe(rec)
     d["train"] = rec.get("train", {})
     if as_json:

@@ -216,7 +216,7 @@ def load(model: str | Path, style_size: int | None = ApplyConfig.style_size, mem
     notice = notice or (lambda message: None)
     cached = graph_path(model, default).exists() or shipped_graph(model, default).exists()
     if not cached and strength != 1.0:
-        d = modelfile.describe(modelfile.load(model))
+        d = modelfile.describe(modelfile.read_record(model))
         mixing.check_strength(strength, d["name"], d["kind"] == "adain" or d["strength"])
     if not cached and (why := cache_problem()):
         if fallback is None:

@@ -59,7 +59,7 @@ class Studio:
         self.styles: dict[str, tuple[str, str | None]] = {}  # label -> (model, style of the model)
         self.adaptive: str | None = None  # the model a painting goes through
         for m in models:
-            d = modelfile.describe(modelfile.load(m))
+            d = modelfile.describe(modelfile.read_record(m))
             if d["kind"] == "adain" or d["norm"] == "adaptive":
                 self.adaptive = self.adaptive or str(m)
             elif len(d["styles"]) == 1:
