@@ -166,6 +166,10 @@ def train(
         bar.close()
     if lead:
         typer.echo(f"wrote {path} (run files in {Path(path).with_name(Path(path).stem + '_run')})")
+        from importlib.util import find_spec
+
+        if find_spec("matplotlib") is None:
+            typer.echo("note: no losses.png, only losses.csv: plotting needs pip install 'stylize[plots]'", err=True)
         _graph_ahead(path)
 
 

@@ -8,6 +8,7 @@ continues the very same run: same batches, same style and strength draws, same l
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import signal
 import time
@@ -123,7 +124,8 @@ def write_log(history: list[dict], folder: Path) -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(history)
-    plot_losses(history, folder / "losses.png")
+    if importlib.util.find_spec("matplotlib") is not None:  # an extra: without it, losses.csv alone
+        plot_losses(history, folder / "losses.png")
 
 
 def plot_losses(history: list[dict], path: Path) -> None:

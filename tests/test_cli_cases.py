@@ -278,3 +278,17 @@ def test_strength_is_another_name_for_style_weight(tmp_path, model, photo):
         result = invoke("apply", photo, "--model", model, flag, 0, "--out", tmp_path / f"{flag[2:]}.png")
         assert result.exit_code == 0, result.output
         assert Image.open(tmp_path / f"{flag[2:]}.png").tobytes() == Image.open(photo).convert("RGB").tobytes()
+
+
+def test_training_without_matplotlib_writes_the_csv_and_says_so(interrupted_run, monkeypatch):
+    """matplotlib is an extra (plots): without it a run keeps losses.csv and says why there is no plot."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    cfg, ckpt = interrupted_run
+    (ckpt.parent / "losses.png").unlink()
+    result = invoke("train", "--resume", ckpt)
+    assert result.exit_code == 0, result.output
+    assert (ckpt.parent / "losses.csv").is_file() and not (ckpt.parent / "losses.png").exists()
+    assert "pip install 'stylize[plots]'" in result.stderr
