@@ -80,5 +80,5 @@ def test_every_shipped_model_has_its_graph_for_a_fast_first_apply():
     sys.path.insert(0, str(ROOT / "tools"))
     from ship_graphs import wanted
 
-    missing = [m.name for m in sorted((ROOT / "weights").glob("*.pt")) if not wanted(m).exists()]
+    missing = [g.name for m in sorted((ROOT / "weights").glob("*.pt")) for g in wanted(m) if not g.exists()]
     assert not missing, f"run python tools/ship_graphs.py: no graph for {missing}"

@@ -6,8 +6,8 @@ no longer shipped are removed. tests/test_readme.py checks that every shipped mo
     python tools/ship_graphs.py [--weights weights]
 
 What is shipped: for a transformer model, the graph of its default request (no --style, full
-strength: the README's main command); for an arbitrary-style model, its one graph. Other requests
-(--style-weight, mixing) export on first use, as for any model.
+strength: the README's main command) and, for a strength-conditioned one, its general graph
+(--style-weight, the web page's slider, mixing); for an arbitrary-style model, its one graph.
 """
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from stylize.export import export_onnx
 from stylize.onnx_runtime import SHIPPED_GRAPHS, shipped_graph
 
 
-def wanted(model: Path) -> Path:
-    arbitrary = bool(modelfile.load(model)["net"].get("style_dim"))
-    return shipped_graph(model, default=not arbitrary)
+def wanted(model: Path) -> list[Path]:
+    net = modelfile.read_record(model)["net"]
+    if net.get("style_dim"):  # arbitrary: one graph
+        return [shipped_graph(model)]
+    return [shipped_graph(model, default=True)] + ([shipped_graph(model)] if net.get("strength") else [])
 
 
 def main() -> None:
@@ -30,14 +32,14 @@ def main() -> None:
     args = ap.parse_args()
     keep = set()
     for model in sorted(args.weights.glob("*.pt")):
-        graph = wanted(model)
-        keep.add(graph)
-        if graph.exists():
-            print(f"{graph.name}: up to date")
-            continue
-        report = export_onnx(model, graph, default=graph.stem.endswith("-default"))
-        print(f"wrote {graph} ({graph.stat().st_size / 2**20:.1f} MB, {report.seconds:.0f} s, "
-              f"largest difference {report.max_difference:.1e})")
+        for graph in wanted(model):
+            keep.add(graph)
+            if graph.exists():
+                print(f"{graph.name}: up to date")
+                continue
+            report = export_onnx(model, graph, default=graph.stem.endswith("-default"))
+            print(f"wrote {graph} ({graph.stat().st_size / 2**20:.1f} MB, {report.seconds:.0f} s, "
+                  f"largest difference {report.max_difference:.1e})")
     for stale in (args.weights / SHIPPED_GRAPHS).glob("*.onnx"):
         if stale not in keep:
             stale.unlink()
