@@ -139,7 +139,7 @@ def _open(src: Path):
     try:
         container = av.open(str(src))
     except (av.error.FFmpegError, OSError) as e:
-        raise StylizeError(f"{src}: not a video this build of FFmpeg can read ({e.__class__.__name__})")
+        raise StylizeError(f"{src}: not a video FFmpeg can read (damaged, cut short, or not a video: {e.__class__.__name__})")
     if not container.streams.video:
         container.close()
         raise StylizeError(f"{src}: has no video stream")
