@@ -171,6 +171,8 @@ class OnnxStylizer:
                     m = self.meta["style_multiple"]
                     style = style[:, : style.shape[1] - style.shape[1] % m, : style.shape[2] - style.shape[2] % m]
                 self._style_cache[path] = style
+                while len(self._style_cache) > 8:  # a long-lived process (stylize serve) sees many paintings
+                    self._style_cache.pop(next(iter(self._style_cache)))
             return self._style_cache[path]
         return mixing.style_weights(specs, self.styles, self.name)
 
