@@ -7,7 +7,7 @@ interrupted run never leaves a half-written image and an input is never overwrit
 """
 from __future__ import annotations
 
-import warnings
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,25 @@ UNREADABLE_EXTENSIONS = {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef
 _KEEPS = {"JPEG": ("icc_profile", "exif", "dpi"), "PNG": ("icc_profile", "exif", "dpi"),
           "WEBP": ("icc_profile", "exif"), "TIFF": ("icc_profile", "exif", "dpi"), "BMP": ("dpi",)}
 HAS_ALPHA = {"PNG", "WEBP", "TIFF"}
-# Pillow's default decompression-bomb guard is ~89 MP; camera and panorama photos go beyond it.
+# Pillow's default decompression-bomb guard warns above ~89 MP; camera and panorama photos go beyond
+# it. stylize applies its own limit where it opens a file (_open), leaving Pillow's global setting and
+# warning filters as the program that imports stylize has them.
 MAX_PIXELS = 250_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # Pillow warns above this and refuses above twice this
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+_OPENING = threading.Lock()
+
+
+def _open(path: Path) -> Image.Image:
+    """Image.open (lazy: the header only) under stylize's pixel limit instead of Pillow's."""
+    with _OPENING:  # Pillow's limit is a module global: lift it for this call only
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    if im.width * im.height > MAX_PIXELS:
+        im.close()
+        raise StylizeError(f"{path}: refused, over {MAX_PIXELS:,} pixels (decompression-bomb guard)")
+    return im
 
 
 def _to_float_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -57,11 +72,11 @@ def open_image(path: str | Path) -> Image.Image:
     if path.is_dir():
         raise StylizeError(f"{path}: is a folder, not an image")
     try:
-        im = Image.open(path)
+        im = _open(path)
         im.load()
         return ImageOps.exif_transpose(im)
-    except Image.DecompressionBombError:
-        raise StylizeError(f"{path}: refused, over {MAX_PIXELS:,} pixels (decompression-bomb guard)")
+    except Image.DecompressionBombError as e:  # a frame or page past Pillow's own limit while decoding
+        raise StylizeError(f"{path}: refused by Pillow's decompression-bomb guard ({e})")
     except UnidentifiedImageError:
         raise StylizeError(f"{path}: not an image Pillow can read")
     except (OSError, SyntaxError, ValueError) as e:
@@ -72,7 +87,7 @@ def metadata(path: str | Path) -> dict:
     """What an output keeps of its photo: the ICC colour profile (so colour-managed viewers show the
     same colours), EXIF without the orientation (open_image has applied it) and the DPI."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             meta = {k: im.info[k] for k in ("icc_profile", "dpi") if im.info.get(k)}
             exif = im.getexif()
     except Exception:  # the pixels are read (and their errors reported) elsewhere
@@ -86,7 +101,7 @@ def metadata(path: str | Path) -> dict:
 def frame_count(path: str | Path) -> int:
     """Frames of an animated image (GIF, APNG, WebP, TIFF pages); 1 for a still one or on any error."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             return getattr(im, "n_frames", 1)
     except Exception:
         return 1

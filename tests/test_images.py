@@ -1,6 +1,8 @@
 """Reading and writing images: orientation, alpha, modes, and every failure as a one-line StylizeError."""
 from __future__ import annotations
 
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,9 +133,23 @@ def test_max_size_downscales_the_longest_side(tmp_path):
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     make_photo(0, 48, 40).save(tmp_path / "big.png")
     monkeypatch.setattr(images, "MAX_PIXELS", 500)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # Pillow raises above twice this
     with pytest.raises(StylizeError, match="decompression-bomb"):
         load_image(tmp_path / "big.png")
+
+
+def test_pillow_settings_of_the_importing_program_are_kept(tmp_path):
+    # a program that imports stylize keeps Pillow's pixel limit and its own warning filters, and
+    # stylize still opens photos past Pillow's limit (set very low here) up to its own
+    make_photo(0, 48, 40).save(tmp_path / "p.png")
+    code = (
+        "import warnings, numpy, torch; from PIL import Image; Image.MAX_IMAGE_PIXELS = 100; "  # their own filters
+        "before = list(warnings.filters); "
+        "import stylize.cli, stylize.pipeline, stylize.images as im; "
+        f"x, _ = im.load_image({str(tmp_path / 'p.png')!r}); assert x.shape == (3, 40, 48), x.shape; "
+        "assert Image.MAX_IMAGE_PIXELS == 100, Image.MAX_IMAGE_PIXELS; "
+        "assert warnings.filters == before, 'warning filters changed'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_truncated_jpeg_is_an_error(tmp_path):
