@@ -22,25 +22,22 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, random_model, timed  # noqa: E402
+
 PHOTO = ROOT / "examples" / "chelsea.jpg"
 
 
 def make_models(folder: Path, args) -> dict[str, Path]:
-    import torch
-
     from stylize import modelfile
     from stylize.adain import AdaINConfig, AdaINNet
-    from stylize.networks import NetConfig, TransformerNet
     from stylize.settings import TrainConfig
     from stylize.training import model_record
 
@@ -48,10 +45,7 @@ def make_models(folder: Path, args) -> dict[str, Path]:
     if args.model_cin:
         models["cin"] = Path(args.model_cin)
     else:
-        torch.manual_seed(0)
-        net = TransformerNet(NetConfig("conditional", 3, True, 32))
-        rec = model_record(net, TrainConfig(norm="conditional"), ["a", "b", "c"], half=True)
-        models["cin"] = modelfile.save(rec, folder / "cin3.pt")
+        models["cin"] = random_model(folder / "cin3.pt", "conditional", ("a", "b", "c"))
     if args.model_adain:
         models["adain"] = Path(args.model_adain)
     else:
@@ -84,18 +78,6 @@ def flops_per_image(kind: str, model: Path, w: int, h: int) -> float:
             else:
                 net(x)
     return float(counter.get_total_flops())
-
-
-def run(cmd: list[str], env: dict) -> tuple[float, float]:
-    """Wall seconds and peak resident MB of one process."""
-    t = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
 
 
 def default_peak(device: str) -> float:
@@ -153,13 +135,13 @@ def main():
                 mems = {k: [] for k in cmds}
                 for r in range(args.runs + 1):  # run 0 warms caches (and fills stylize's ONNX cache)
                     for k, cmd in cmds.items():
-                        wall, mem = run(cmd, env)
+                        wall, mem = timed(cmd, env)
                         if r:
                             times[k].append(wall)
                             mems[k].append(mem)
                 # same output: the first photo through both paths, written losslessly
-                run(plain + [str(models[kind]), str(work / "png_plain"), files[0], "--device", args.device, "--ext", ".png", *extra], env)
-                run(stylize + ["apply", files[0], "--model", str(models[kind]), "--out", str(work / "png_stylize.png"),
+                timed(plain + [str(models[kind]), str(work / "png_plain"), files[0], "--device", args.device, "--ext", ".png", *extra], env)
+                timed(stylize + ["apply", files[0], "--model", str(models[kind]), "--out", str(work / "png_stylize.png"),
                                "--device", args.device, "--memory", "8192", *extra], env)
                 a = np.asarray(Image.open(work / "png_plain" / "p0.png"), dtype=np.int16)
                 diff = int(np.abs(a - np.asarray(Image.open(work / "png_stylize.png"), dtype=np.int16)).max())

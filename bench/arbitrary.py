@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import QUALITY, ROOT, load_quality, run  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import PEER_SH, QUALITY, ROOT, load_quality, timed  # noqa: E402
 
-PEER = f"{ROOT.parent / 'shared' / 'tools' / 'peer.sh'} stylize {{photo}} --style-image {{style}} -o {{out}} --device cpu"
+PEER = f"{PEER_SH} stylize {{photo}} --style-image {{style}} -o {{out}} --device cpu"
 
 
 def ours(photo: Path, style: Path, out: Path, model: str) -> list[str]:
@@ -85,12 +85,12 @@ def main(argv=None) -> dict:
         for p in args.photos:
             cells[p, s, "stylize"] = out = args.out_dir / "stylize" / s.stem / f"{p.stem}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
-            run(ours(p, s, out, args.model))
+            timed(ours(p, s, out, args.model))
             if "peer" in tools:  # the peer's outputs do not depend on our model: kept between runs
                 out = args.out_dir / "peer" / s.stem / f"{p.stem}.png"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if not out.exists():
-                    run(args.peer.format(photo=p, style=s, out=out))
+                    timed(args.peer.format(photo=p, style=s, out=out))
                 cells[p, s, "peer"] = out
     report: dict = {"model": args.model, "photos": [p.name for p in args.photos],
                     "paintings": [s.name for s in args.paintings], "figures": {}}
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
                     out = Path(tmp) / f"{t}_{i}.png"
                     cmd = (ours(args.speed_photo, style, out, args.model) if t == "stylize"
                            else args.peer.format(photo=args.speed_photo, style=style, out=out))
-                    s = run(cmd)
+                    s, _ = timed(cmd)
                     if i:
                         times[t].append(s)
         w, h = Image.open(args.speed_photo).size

@@ -29,21 +29,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import random_model  # noqa: E402
 
 FORMATS = (".jpg", ".png", ".webp")
-
-
-def make_model(folder: Path, width: int) -> Path:
-    import torch
-
-    from stylize import modelfile
-    from stylize.networks import NetConfig, TransformerNet
-    from stylize.settings import TrainConfig
-    from stylize.training import model_record
-
-    torch.manual_seed(0)
-    net = TransformerNet(NetConfig(width=width))
-    return modelfile.save(model_record(net, TrainConfig(width=width), ["random"], half=True), folder / "random.pt")
 
 
 def make_inputs(src: Path, count: int, corrupt: int, seed: int = 0) -> tuple[dict[str, tuple[int, int]], list[str]]:
@@ -168,7 +156,7 @@ def main():
         src = work / "photos"
         sizes, broken = make_inputs(src, args.count - args.corrupt, args.corrupt)
         expect = expected_names(sizes)
-        model = str(make_model(work, args.width)) if args.model == "random" else args.model
+        model = str(random_model(work / "random.pt", width=args.width)) if args.model == "random" else args.model
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         stylize = [sys.executable, "-m", "stylize", "apply", str(src), "--model", model, "--device", args.device]
         results = {"photos": len(sizes), "corrupt": len(broken), "model": "random, width %d" % args.width

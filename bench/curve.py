@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import QUALITY, load_quality  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import QUALITY, load_quality  # noqa: E402
 
 from stylize import modelfile  # noqa: E402
 from stylize.images import load_image, save_image  # noqa: E402

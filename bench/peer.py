@@ -21,37 +21,19 @@ stylize's time over the peer's, measured in the same run on the same machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-QUALITY = ROOT.parent / "shared" / "tools" / "quality.py"
-PEER = f"{ROOT.parent / 'shared' / 'tools' / 'peer.sh'} stylize {{photo}} -s 19 -o {{out}} --device cpu"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import PEER_SH, QUALITY, ROOT, load_quality, side_by_side, timed  # noqa: E402
 
-
-def load_quality(path: Path):
-    spec = importlib.util.spec_from_file_location("quality", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.score
-
-
-def run(cmd: list[str] | str) -> float:
-    """Seconds a whole process takes; raises with its stderr if it fails."""
-    t = time.perf_counter()
-    r = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"failed ({r.returncode}): {cmd}\n{r.stderr[-2000:]}")
-    return time.perf_counter() - t
+PEER = f"{PEER_SH} stylize {{photo}} -s 19 -o {{out}} --device cpu"
 
 
 def ours(photo: Path, out: Path, model: str) -> list[str]:
@@ -60,19 +42,6 @@ def ours(photo: Path, out: Path, model: str) -> list[str]:
 
 def theirs(photo: Path, out: Path, template: str) -> str:
     return template.format(photo=shlex.quote(str(photo)), out=shlex.quote(str(out)))
-
-
-def side_by_side(rows: list[list[Path]], path: Path, height: int = 256) -> None:
-    ims = [[Image.open(p).convert("RGB") for p in row] for row in rows]
-    ims = [[im.resize((round(im.width * height / im.height), height), Image.LANCZOS) for im in row] for row in ims]
-    width = max(sum(im.width for im in row) + 4 * (len(row) - 1) for row in ims)
-    sheet = Image.new("RGB", (width, len(ims) * (height + 4) - 4), "white")
-    for r, row in enumerate(ims):
-        x = 0
-        for im in row:
-            sheet.paste(im, (x, r * (height + 4)))
-            x += im.width + 4
-    sheet.save(path, quality=90)
 
 
 def main(argv=None) -> dict:
@@ -101,7 +70,7 @@ def main(argv=None) -> dict:
         row, figures = [photo], {}
         for name, cmd in tools.items():
             out = args.out_dir / f"{photo.stem}_{name}.png"
-            run(cmd(photo, out))
+            timed(cmd(photo, out))
             figures[name] = {k: round(v, 4) for k, v in score(str(photo), str(args.style_image), str(out)).items()}
             row.append(out)
         rows.append(row)
@@ -118,7 +87,7 @@ def main(argv=None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.runs + 1):  # the first round warms up (and fills stylize's ONNX cache)
                 for name, cmd in tools.items():
-                    t = run(cmd(args.speed_photo, Path(tmp) / f"{name}_{i}.{args.speed_format}"))
+                    t, _ = timed(cmd(args.speed_photo, Path(tmp) / f"{name}_{i}.{args.speed_format}"))
                     if i:
                         times[name].append(t)
         report["speed"] = {name: {"median_s": round(statistics.median(t), 3), "min_s": round(min(t), 3),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -33,14 +32,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import example_photo, psnr, random_model  # noqa: E402
 from stylize import modelfile, tiling  # noqa: E402
 from stylize.errors import StylizeError  # noqa: E402
 from stylize.images import load_image, save_image  # noqa: E402
 from stylize.inference import Stylizer  # noqa: E402
-from stylize.networks import NetConfig, TransformerNet  # noqa: E402
 from stylize.norms import Condition  # noqa: E402
-from stylize.settings import ApplyConfig, TrainConfig  # noqa: E402
-from stylize.training import model_record  # noqa: E402
+from stylize.settings import ApplyConfig  # noqa: E402
 
 
 def model_file(name: str, folder: Path) -> tuple[str, str]:
@@ -51,20 +49,8 @@ def model_file(name: str, folder: Path) -> tuple[str, str]:
             return rec["path"], f"{Path(rec['path']).stem} (trained, width {rec['net'].get('width')})"
         except StylizeError as e:
             print(f"note: {e}; using a random network instead", file=sys.stderr)
-    torch.manual_seed(0)
-    net = TransformerNet(NetConfig())
-    path = modelfile.save(model_record(net, TrainConfig(), ["random"], half=False), folder / "random.pt")
+    path = random_model(folder / "random.pt", half=False)
     return str(path), "random init, width 32 (shipped architecture: same cost and memory as trained)"
-
-
-def make_photo(size: tuple[int, int]) -> Image.Image:
-    """An examples/ photo scaled to cover `size` (w, h), cropped, with mild noise for texture."""
-    src = Image.open(ROOT / "examples" / "rocket.jpg").convert("RGB")
-    s = max(size[0] / src.width, size[1] / src.height)
-    im = src.resize((math.ceil(src.width * s), math.ceil(src.height * s)), Image.Resampling.BICUBIC)
-    im = im.crop((0, 0, *size))
-    noise = Image.effect_noise(size, 24).convert("RGB")  # grey, centred on 128
-    return Image.blend(im, noise, 0.08)
 
 
 def child(args) -> None:
@@ -98,7 +84,7 @@ def child(args) -> None:
 def run_big(args, model: str, folder: Path) -> dict:
     w, h = map(int, args.size.lower().split("x"))
     photo = folder / f"big_{w}x{h}.jpg"
-    make_photo((w, h)).save(photo, quality=92)
+    example_photo((w, h)).save(photo, quality=92)
     out = folder / "big_stylized.jpg"
     cmd = [sys.executable, __file__, "--child", "--model", model, "--photo", str(photo), "--out", str(out),
            "--device", args.device, "--memory", str(args.memory)] + (["--threads", str(args.threads)] if args.threads else [])
@@ -116,11 +102,6 @@ def run_big(args, model: str, folder: Path) -> dict:
         im.load()
         assert im.size == (w, h), im.size
     return result
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
 
 
 def seams(d: torch.Tensor, p: tiling.Plan, band: int = 4) -> tuple[float, float]:
@@ -142,7 +123,7 @@ def seams(d: torch.Tensor, p: tiling.Plan, band: int = 4) -> tuple[float, float]
 
 def run_compare(args, model: str, out_dir: Path) -> dict:
     w, h = map(int, args.compare_size.lower().split("x"))
-    x = torch.from_numpy(np.asarray(make_photo((w, h))).copy()).permute(2, 0, 1).contiguous()
+    x = torch.from_numpy(np.asarray(example_photo((w, h))).copy()).permute(2, 0, 1).contiguous()
     stylizer = Stylizer(model, args.device, memory_mb=1e9)  # whole, to compare against
     t0 = time.perf_counter()
     whole = stylizer(x)

@@ -50,6 +50,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import synthetic_photo  # noqa: E402
 
 TARGET_WINDOW = 10  # iterations the loss is averaged over for --target-loss
 PLAIN_CONTENT_WEIGHT, PLAIN_STYLE_WEIGHT = 1e5, 1e10  # pytorch/examples fast_neural_style defaults
@@ -57,17 +58,6 @@ VGG16_RELU4_3 = 23  # torchvision vgg16().features[:23] ends at relu4_3
 
 
 # ------------------------------------------------------------------------------------------ inputs
-
-def make_photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """Photo-like: a smooth colour field, a few flat shapes, sensor-like noise (JPEG-compresses like one)."""
-    field = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), "RGB")
-    img = np.asarray(field.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
-    for _ in range(6):
-        x0, y0 = int(rng.integers(0, width - 8)), int(rng.integers(0, height - 8))
-        img[y0:y0 + int(rng.integers(8, height // 2)), x0:x0 + int(rng.integers(8, width // 2))] = rng.uniform(0, 255, 3)
-    img += rng.normal(0, 6, img.shape)
-    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
-
 
 def make_style(size: int) -> Image.Image:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) * (64 / size)
@@ -92,7 +82,7 @@ def make_inputs(args, folder: Path) -> tuple[Path, Path, str]:
         w, h = args.photo_size
         rng = np.random.default_rng(0)
         for i in range(args.photos):
-            make_photo(rng, w, h).save(content / f"photo{i:05d}.jpg", quality=90)
+            synthetic_photo(rng, w, h).save(content / f"photo{i:05d}.jpg", quality=90)
         desc = f"{args.photos} synthetic {w}x{h} JPEGs"
     if args.style:
         style = Path(args.style)

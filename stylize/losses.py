@@ -12,7 +12,7 @@ them on random directions, sort, and compare with the style's sorted projections
 Departures: the style's projections are sorted once, on a fixed pool of directions, and kept as 1024
 quantiles (each step uses a random subset; the paper draws new directions every step, which re-sorts
 the style's features every step), and the distance is relative like the other terms. It is the
-default on random features, where Gram matrices give fine speckle (README, bench/loss_nets.py).
+default on random features, where Gram matrices give fine speckle (README, studies/loss_nets.py).
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def relative_error(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 SLICED_LEVELS = 1024  # quantiles kept per direction of a style's feature distribution
 # Directions kept per channel. Each step projects on a random C of them: as good as fresh directions
 # every step (Heitz et al.), which would re-sort the style's features every step, and better than one
-# fixed set (measured: style_match 0.75 vs 0.69, same structure; bench/loss_nets.py).
+# fixed set (measured: style_match 0.75 vs 0.69, same structure; studies/loss_nets.py).
 SLICED_POOL = 4
 
 

@@ -23,7 +23,7 @@ measured apply time (bench/networks.py) and pictures:
   statistics there, training makes "droplets", bright saturated blobs in flat areas: the network
   hides a strong local spike in a feature map to control that layer's statistics (Karras et al.,
   StyleGAN2, 2020, who removed the normalization for the same reason). Measured with
-  bench/droplets.py (before the late upsampling was adopted): the decoder's channel kurtosis falls
+  studies/droplets.py (before the late upsampling was adopted): the decoder's channel kurtosis falls
   from 26 (72 for "johnson" at width 16) to 8.5 and the blobs are gone (docs/droplets.jpg).
   "light-instance" keeps the statistics everywhere: the ablation.
 """
@@ -53,7 +53,7 @@ class Architecture:
 ARCHITECTURES = {
     "johnson": Architecture(9, 5, False),
     "light": Architecture(5, 5, True, "encoder", True),
-    # the droplet ablation: the light network with instance statistics in every layer (bench/droplets.py)
+    # the droplet ablation: the light network with instance statistics in every layer (studies/droplets.py)
     "light-instance": Architecture(5, 5, True, "all", True),
 }
 

@@ -15,10 +15,10 @@ NORMS = TRANSFORMER_NORMS + ("adaptive",)
 LOSS_NETS = ("auto", "vgg16", "vgg19", "efficientnet-lite0", "random")
 STYLE_LOSSES = ("gram", "meanstd", "sliced")
 # What style_loss="auto" means per loss network. Gram for ImageNet features (Johnson et al.); sliced
-# Wasserstein for random features, which closes the most of the gap to ImageNet (bench/loss_nets.py).
+# Wasserstein for random features, which closes the most of the gap to ImageNet (studies/loss_nets.py).
 AUTO_STYLE_LOSS = {"vgg16": "gram", "vgg19": "gram", "efficientnet-lite0": "gram", "random": "sliced"}
 # The layers each loss network's content and style terms read when the settings name none.
-# VGG: Johnson et al.'s. EfficientNet-Lite0: chosen by measurement (bench/lite_taps.py): the stem and
+# VGG: Johnson et al.'s. EfficientNet-Lite0: chosen by measurement (studies/lite_taps.py): the stem and
 # the expansion ReLU6 of blocks 1, 3, 5 and 8 (1/2 to 1/16 resolution) for style, block 5's for content.
 _VGG_LAYERS = (["relu2_2"], ["relu1_2", "relu2_2", "relu3_3", "relu4_3"])
 LOSS_NET_LAYERS = {

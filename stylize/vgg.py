@@ -5,7 +5,7 @@ under TORCH_HOME, a download with progress. `random` is a fixed-seed random-weig
 machines: random convolutional features still carry texture statistics (He et al. 2016; Ustyuzhaninov
 et al. 2017), though they capture style less faithfully than ImageNet features. With it the style loss
 defaults to the sliced Wasserstein distance (settings.AUTO_STYLE_LOSS, losses.py), measured to close
-more of that gap than Gram matrices (README, bench/loss_nets.py).
+more of that gap than Gram matrices (README, studies/loss_nets.py).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bench/adain_eval.py: the untrained decoder is the one training started from; the report is complete."""
+"""studies/adain_eval.py: the untrained decoder is the one training started from; the report is complete."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_adain_eval", ROOT / "bench" / "adain_eval.py")
+    spec = importlib.util.spec_from_file_location("study_adain_eval", ROOT / "studies" / "adain_eval.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -16,7 +16,7 @@ only), then measures on photos none of the runs trained on. The networks are the
 Models that apply (`--reference NAME=MODEL[:STYLE]`, e.g. the shipped multi-style model's style of
 the same painting, or the arbitrary model with the painting) are measured beside them, not trained.
 
-  python bench/norm_study.py --style starry_night.jpg --content TRAIN_DIR --heldout P [P ...] \
+  python studies/norm_study.py --style starry_night.jpg --content TRAIN_DIR --heldout P [P ...] \
       --out-dir docs/normalization [--iterations 1000] [--reference conditional=masters:starry_night]
 
 Runs already trained in --out-dir are reused (delete a model to retrain it); report.json has every
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -36,25 +36,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from stylize.data import load_style
-from stylize.images import load_image, save_pil, to_pil
-from stylize.inference import load_stylizer
-from stylize.losses import PerceptualLoss
-from stylize.settings import LOSS_NET_LAYERS, TrainConfig
-from stylize.sheet import tile_grid
-from stylize.training import train
-from stylize.vgg import loss_network
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+from bench.common import QUALITY, ROOT, load_quality  # noqa: E402
+from stylize.data import load_style  # noqa: E402
+from stylize.images import load_image, save_pil, to_pil  # noqa: E402
+from stylize.inference import load_stylizer  # noqa: E402
+from stylize.losses import PerceptualLoss  # noqa: E402
+from stylize.settings import LOSS_NET_LAYERS, TrainConfig  # noqa: E402
+from stylize.sheet import tile_grid  # noqa: E402
+from stylize.training import train  # noqa: E402
+from stylize.vgg import loss_network  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-QUALITY = ROOT.parent / "shared" / "tools" / "quality.py"
 NORMS = ["instance", "batch", "layer", "group", "none", "ibn"]
-
-
-def load_quality(path: Path):
-    spec = importlib.util.spec_from_file_location("quality", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.score
 
 
 def train_runs(args) -> dict[str, dict]:

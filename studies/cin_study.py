@@ -7,32 +7,29 @@ settings and seed, then on held-out photos reports:
     (must grow monotonically) and PSNR of strength 0 against the photo (target > 35 dB);
 and writes a contact sheet of the CIN model at five strengths.
 
-  python bench/cin_study.py --style A.jpg --style B.jpg --style C.jpg --content TRAIN_DIR \
+  python studies/cin_study.py --style A.jpg --style B.jpg --style C.jpg --content TRAIN_DIR \
       --heldout TEST_DIR --out-dir runs/cin_study [--iterations 400 --image-size 96 --batch-size 2]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from stylize.data import load_style
-from stylize.images import find_images, load_image
-from stylize.inference import Stylizer
-from stylize.losses import PerceptualLoss
-from stylize.settings import TrainConfig
-from stylize.sheet import contact_sheet
-from stylize.training import train
-from stylize.vgg import loss_network
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float((a - b).pow(2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+from bench.common import psnr  # noqa: E402
+from stylize.data import load_style  # noqa: E402
+from stylize.images import find_images, load_image  # noqa: E402
+from stylize.inference import Stylizer  # noqa: E402
+from stylize.losses import PerceptualLoss  # noqa: E402
+from stylize.settings import TrainConfig  # noqa: E402
+from stylize.sheet import contact_sheet  # noqa: E402
+from stylize.training import train  # noqa: E402
+from stylize.vgg import loss_network  # noqa: E402
 
 
 def main():

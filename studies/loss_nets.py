@@ -14,15 +14,15 @@ in colour-patch distributions the output closes; structure: how well the photo's
 with `speckle`, the fine noise a stylization adds (see speckle()). Each phase writes OUT/PHASE/table.md,
 results.json, every output PNG and side-by-side sheets; outputs already there are reused.
 
-  python bench/loss_nets.py --out-dir runs/loss_nets              # every phase, 2 processes
-  python bench/loss_nets.py --phase tuning --candidates random-gram,random-cov --styles mosaic.jpg
+  python studies/loss_nets.py --out-dir runs/loss_nets              # every phase, 2 processes
+  python studies/loss_nets.py --phase tuning --candidates random-gram,random-cov --styles mosaic.jpg
 
 Each process runs one thread; `--jobs` sets how many run at once.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import sys
 import json
 import time
 from dataclasses import dataclass
@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-QUALITY = Path(__file__).resolve().parents[2] / "shared" / "tools" / "quality.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+from bench.common import QUALITY, SHARED, quality_module  # noqa: E402
+
+DATA = SHARED / "data"
 # Held-out paintings: not tuned on (starry_night and mosaic were), nor reserved as held-out elsewhere.
 STYLES = ("candy.jpg", "picasso_self_portrait.jpg", "brushstrokes.jpg")
 TUNING_STYLES = ("starry_night.jpg", "mosaic.jpg")
@@ -329,13 +331,6 @@ def _task(args):
 
 
 # ---------------------------------------------------------------------------------------------------
-
-def quality_module(path: Path):
-    spec = importlib.util.spec_from_file_location("quality", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def speckle(output: Path, photo: Path) -> float:
     """Fine noise the stylization added: high-frequency energy (luminance minus its 1 px Gaussian blur)

@@ -9,7 +9,7 @@ for three "outputs" of the same photo and painting:
   trained    the model, loaded and run as `stylize apply` does (load_stylizer, AdaINStylizer)
   untrained  the decoder the training run started from (same AdaINConfig and seed, same encoder)
   content    the photo itself, unchanged
-and, with /work/shared/tools/quality.py (network-free: style_match, structure), the same three on
+and, with ../shared/tools/quality.py (network-free: style_match, structure), the same three on
 all pairs or a subset. Writes report.json (settings, every pair, means, timings), grid.jpg (rows:
 photos, columns: paintings; a header row of the paintings and a first column of the photos), and
 the images it measured (content/, trained/, untrained/), and prints the table.
@@ -20,7 +20,7 @@ features line up (no padding). Paintings are encoded with the longest side --sty
 --size, the same scale as the photos, as in training where photo and painting crops share one size;
 `stylize apply` uses 512). Outputs are clamped to [0, 1], as saved images are.
 
-  python bench/adain_eval.py --model runs/adain.pt --content DATA/bsds500/test --content DATA/photos \
+  python studies/adain_eval.py --model runs/adain.pt --content DATA/bsds500/test --content DATA/photos \
       --styles runs/heldout_styles --out-dir runs/adain_eval [--count 8 --size 256 --threads 1]
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from bench.common import QUALITY  # noqa: E402
 from stylize.adain import ENCODER_TAPS, AdaINConfig, AdaINNet, adain  # noqa: E402
 from stylize.data import load_style  # noqa: E402
 from stylize.errors import StylizeError  # noqa: E402
@@ -48,7 +49,7 @@ from stylize.losses import mean_std, relative_error, style_stats  # noqa: E402
 from stylize.settings import TrainConfig  # noqa: E402
 from stylize.vgg import vgg_features  # noqa: E402
 
-QUALITY_TOOL = "/work/shared/tools/quality.py"
+QUALITY_TOOL = str(QUALITY)
 ROWS = {"trained": "trained", "untrained": "untrained decoder", "content": "content image"}
 
 

@@ -11,7 +11,7 @@ likes. This script shows and measures them for two or more models on the same ph
   tried and dropped: a colour outside the painting's palette misses yellow droplets on Starry Night,
   and flat saturated areas count a clear blue sky.)
 
-  python bench/droplets.py --photos P [P ...] --out droplets.jpg MODEL [MODEL ...]
+  python studies/droplets.py --photos P [P ...] --out droplets.jpg MODEL [MODEL ...]
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer import side_by_side  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import side_by_side  # noqa: E402
 
 from stylize.images import load_image, save_image  # noqa: E402
 from stylize.inference import Stylizer  # noqa: E402
