@@ -268,26 +268,24 @@ stylized frame by frame with its sound kept, one video per command."""
             tile_bar.close()
             tile_bar = None
 
+    config = ApplyConfig(model=model, styles=style, style_weight=style_weight, mask=str(mask) if mask else None,
+                         preserve_color=preserve_color, color_method=color_method, skip_existing=skip_existing,
+                         style_size=style_size, max_size=max_size, tile=tile, memory_mb=memory,
+                         out_dir=str(out_dir), quality=quality, device=device, runtime=runtime, smooth=smooth)
     if videos:
         from . import video
 
         video.check(*pairs[0])
-    stylizer = open_stylizer(model, device, runtime, style, style_weight, mask is not None, tile, preserve_color,
-                             style_size, memory, notice, tile_progress)
+    stylizer = open_stylizer(config, notice, tile_progress)
     if videos:
-        return _apply_video(stylizer, *pairs[0], style, style_weight, max_size, preserve_color,
-                            color_method == "match", smooth, skip_existing, quiet, notice)
+        return _apply_video(stylizer, *pairs[0], config, quiet, notice)
     # the bar counts the work to do, so its img/s is the real rate on a resumed run
     existing = {p for p in paths[shard.rank::shard.world] if p.exists()} if skip_existing else set()
     with tqdm(total=mine - len(existing), unit="img", disable=total < 2 or not shard.lead or quiet,
               dynamic_ncols=True) as bar, \
             _kill_as_interrupt() as killed:
         try:
-            report = apply_files(stylizer, pairs, styles=style, strength=style_weight,
-                                 mask=str(mask) if mask else None, max_size=max_size, quality=quality,
-                                 skip_existing=skip_existing, preserve_color=preserve_color,
-                                 match_color=preserve_color and color_method == "match",
-                                 progress=lambda src, dst: dst in existing or bar.update(1),
+            report = apply_files(stylizer, pairs, config, progress=lambda src, dst: dst in existing or bar.update(1),
                                  share=(shard.rank, shard.world), notice=notice)
         except Interrupted as e:
             report = e.report
@@ -317,21 +315,19 @@ stylized frame by frame with its sound kept, one video per command."""
         raise typer.Exit(1)
 
 
-def _apply_video(stylizer, src: Path, dst: Path, style, strength, max_size, preserve_color, match_color,
-                 smooth, skip_existing, quiet, notice) -> None:
+def _apply_video(stylizer, src: Path, dst: Path, config, quiet, notice) -> None:
     from tqdm import tqdm
 
     from .video import frame_count, stylize_video
 
-    if skip_existing and dst.exists():
+    if config.skip_existing and dst.exists():
         typer.echo(f"skipped {dst}: it exists (--skip-existing)")
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=frame_count(src) or None, unit="frame", disable=quiet, dynamic_ncols=True) as bar, \
             _kill_as_interrupt() as killed:
         try:
-            report = stylize_video(stylizer, src, dst, style, strength, max_size, preserve_color, match_color,
-                                   smooth, progress=lambda n: bar.update(n - bar.n), notice=notice)
+            report = stylize_video(stylizer, src, dst, config, progress=lambda n: bar.update(n - bar.n), notice=notice)
         except KeyboardInterrupt:
             bar.close()
             fail(f"interrupted; nothing written to {dst}", 128 + killed.get("signum", signal.SIGINT))

@@ -26,32 +26,32 @@ from .images import HAS_ALPHA, IMAGE_EXTENSIONS, SAVE_FORMATS, UNREADABLE_EXTENS
 MIN_TILE = 64
 
 
-def open_stylizer(model: str | Path, device: str = "auto", runtime: str = "auto", styles: list[str] | None = None,
-                  strength: float = 1.0, mask: bool = False, tile: int = 0, preserve_color: bool = False,
-                  style_size: int | None = None, memory_mb: float = ApplyConfig.memory_mb,
-                  notice: Callable[[str], None] | None = None,
+def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = None,
                   tile_progress: Callable[[int, int], None] | None = None):
     """The stylizer for a request: ONNX Runtime on the CPU where it covers the request (faster start
     and forward, onnx_runtime.py), else PyTorch (masks, tiles, colour preservation, interpolating
-    paintings, GPUs). `runtime` "onnx" refuses what ONNX Runtime does not cover; "torch" never uses it."""
+    paintings, GPUs). `config.runtime` "onnx" refuses what ONNX Runtime does not cover; "torch" never uses it."""
     from . import onnx_runtime
+
+    c = config
 
     def torch_stylizer():
         from .inference import load_stylizer
 
-        return load_stylizer(model, device, style_size, tile, memory_mb, notice=notice, tile_progress=tile_progress)
+        return load_stylizer(c.model, c.device, c.style_size, c.tile, c.memory_mb, notice=notice,
+                             tile_progress=tile_progress)
 
-    if runtime == "torch" or device not in ("auto", "cpu") or (device == "auto" and onnx_runtime.accelerator_present()):
+    if c.runtime == "torch" or c.device not in ("auto", "cpu") or (c.device == "auto" and onnx_runtime.accelerator_present()):
         return torch_stylizer()
-    why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if mask else
-           "--tile" if tile else "--preserve-color" if preserve_color else None)
+    why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if c.mask else
+           "--tile" if c.tile else "--preserve-color" if c.preserve_color else None)
     if why is None:
-        default = not styles and strength == 1.0  # transformer models have a faster graph for it
-        fast = onnx_runtime.load(model, style_size, memory_mb, notice, torch_stylizer, default, strength)
-        if not isinstance(fast, onnx_runtime.OnnxStylizer) or not (fast.adaptive and styles and len(styles) > 1):
+        default = not c.styles and c.style_weight == 1.0  # transformer models have a faster graph for it
+        fast = onnx_runtime.load(c.model, c.style_size, c.memory_mb, notice, torch_stylizer, default, c.style_weight)
+        if not isinstance(fast, onnx_runtime.OnnxStylizer) or not (fast.adaptive and c.styles and len(c.styles) > 1):
             return fast  # (or the PyTorch one, where the ONNX cache cannot be written)
         why = "style interpolation"
-    if runtime == "onnx":
+    if c.runtime == "onnx":
         raise StylizeError(f"--runtime onnx does not cover {why}; use --runtime torch or auto")
     return torch_stylizer()
 
@@ -203,14 +203,12 @@ def plan(inputs: list[str], out: Path | None = None, out_dir: Path = Path("styli
     return list(zip((f for f, _ in items), output_paths(items, out, out_dir)))
 
 
-def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], out: Path | None = None, out_dir: Path = Path("stylized"),
-                styles: list[str] | None = None, strength: float = 1.0, mask: str | None = None,
-                max_size: int | None = None, quality: int = 95, skip_existing: bool = False,
-                preserve_color: bool = False, match_color: bool = False,
-                progress: Callable[[Path, Path], None] | None = None, workers: int = 2,
+def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], config: ApplyConfig | None = None,
+                out: Path | None = None, progress: Callable[[Path, Path], None] | None = None, workers: int = 2,
                 share: tuple[int, int] = (0, 1), notice: Callable[[str], None] | None = None) -> ApplyReport:
     """Stylize every input (files, folders, globs; or the (photo, output) pairs of plan(), which
-    `out` and `out_dir` then do not change); a file that fails (unreadable, corrupt, unwritable) is reported and the
+    `out` and `config.out_dir` then do not change) as `config` asks (styles, strength, mask, colour,
+    max_size, quality, skip_existing); a file that fails (unreadable, corrupt, unwritable) is reported and the
     rest go on. Failures are in input order. Outputs keep the photo's colour profile, EXIF and DPI;
     what cannot be kept (the frames after the first, an alpha channel in a JPEG) is said to `notice`. `share` (k, n): only every n-th input from the k-th, for
     one of n processes sharing a batch; outputs are named from the whole list, so they do not depend
@@ -223,7 +221,9 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], out: Path
     serialized, possibly from a writer thread. On KeyboardInterrupt the images already stylized are
     still written, then Interrupted is raised with the report.
     """
-    pairs = inputs if inputs and isinstance(inputs[0], tuple) else plan(inputs, out, out_dir)
+    c = config or ApplyConfig()
+    styles, strength, mask, max_size, match_color = c.styles, c.style_weight, c.mask, c.max_size, c.match_color
+    pairs = inputs if inputs and isinstance(inputs[0], tuple) else plan(inputs, out, Path(c.out_dir))
     pairs = pairs[share[0]::share[1]]  # before stale .part files go: not others'
     items, paths = [(src, None) for src, _ in pairs], [dst for _, dst in pairs]
     check_strength(strength, stylizer.name, stylizer.has_strength)  # bad requests fail before any file is read
@@ -245,7 +245,7 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], out: Path
     _remove_stale_parts(paths)
     todo = []
     for (src, _), dst in zip(items, paths):
-        if skip_existing and dst.exists():
+        if c.skip_existing and dst.exists():
             report.skipped.append(dst)
             if progress:
                 progress(src, dst)
@@ -265,7 +265,7 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], out: Path
             if alpha is not None and SAVE_FORMATS.get(dst.suffix.lower()) not in HAS_ALPHA:
                 notice(f"{dst}: {dst.suffix} has no transparency, so the photo's alpha channel is dropped "
                        "(write .png or .webp to keep it)")
-            save_image(y, dst, alpha, quality, meta)
+            save_image(y, dst, alpha, c.quality, meta)
             done(src, dst)
         except StylizeError as e:
             done(src, dst, str(e))
@@ -293,7 +293,7 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], out: Path
             try:
                 cond = stylizer.condition(styles, m, x, match_color)
                 y = stylizer.run(x, cond, strength)
-                if preserve_color and not match_color:
+                if c.preserve_color and not match_color:
                     from .color import keep_luminance  # torch; the ONNX Runtime path hands colour to torch
 
                     y = keep_luminance(y, x)

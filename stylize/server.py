@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import StylizeError
-from .settings import DEFAULT_ADAPTIVE_MODEL, ServeConfig
+from .settings import DEFAULT_ADAPTIVE_MODEL, ApplyConfig, ServeConfig
 
 KEEP_JOBS = 64  # finished jobs kept (with their files) before the oldest go
 PAINTING = "painting"  # the style choice that means "the painting I upload"
@@ -118,9 +118,12 @@ class Studio:
 
         key = (model, not styles and strength == 1.0)  # the default graph only serves full strength
         if key not in self._stylizers:
-            self._stylizers[key] = open_stylizer(model, self.device, self.runtime, styles, strength,
-                                                 tile_progress=self._tiles)
+            self._stylizers[key] = open_stylizer(self._request(model, styles, strength), tile_progress=self._tiles)
         return self._stylizers[key]
+
+    def _request(self, model: str, styles, strength: float) -> ApplyConfig:
+        return ApplyConfig(model=model, styles=styles, style_weight=strength, max_size=self.max_size,
+                           device=self.device, runtime=self.runtime)
 
     _current: Job | None = None
 
@@ -141,8 +144,8 @@ class Studio:
             stylizer = self._stylizer(model, styles, strength)
             job.progress, job.message = 0.1, "stylizing"
             out = job.folder / "result.png"
-            report = apply_files(stylizer, [str(job.folder / "photo")], out=out, styles=styles, strength=strength,
-                                 max_size=self.max_size, workers=1)
+            report = apply_files(stylizer, [str(job.folder / "photo")], self._request(model, styles, strength), out=out,
+                                 workers=1)
             if report.failed:
                 raise StylizeError(report.failed[0][1])
             job.result, job.progress, job.message, job.state = out, 1.0, "done", "done"

@@ -98,8 +98,16 @@ LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "s
 
 @dataclass
 class ApplyConfig:
+    """One `stylize apply` request: the CLI builds it from its options, the library (pipeline.py,
+    video.py, server.py) reads it."""
     model: str = DEFAULT_MODEL
+    # the model's styles to use, NAME=W mixes, or paintings for adaptive models; None: the model's default
+    styles: list[str] | None = None
     style_weight: float = 1.0  # style strength in [0, 1]: 0 gives back the photo
+    mask: str | None = None  # greyscale image: white gets the first style, black the second
+    preserve_color: bool = False  # keep the photo's colours
+    color_method: str = "luminance"  # with preserve_color: luminance (any model) or match (adaptive: recolour the painting)
+    skip_existing: bool = False  # leave inputs whose output exists (resuming an interrupted batch)
     # adaptive models: longest side of the style image when encoded; None: the model's (AdaIN: 512)
     style_size: int | None = None
     max_size: int | None = None  # downscale inputs whose longest side is larger (None: keep the resolution)
@@ -117,6 +125,11 @@ class ApplyConfig:
     # video: how much of the previous output frame a still pixel keeps, damping flicker (video.py;
     # chosen with bench/video.py: flicker falls to about half, with little trailing behind motion)
     smooth: float = 0.8
+
+    @property
+    def match_color(self) -> bool:
+        """Colour preservation by recolouring the painting (adaptive models) rather than the output."""
+        return self.preserve_color and self.color_method == "match"
 
 
 @dataclass

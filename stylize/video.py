@@ -35,6 +35,7 @@ from PIL import Image
 
 from .errors import StylizeError
 from .files import _umask
+from .settings import ApplyConfig
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
 # output suffix -> (container format, video codec, audio codec when the input's cannot be copied,
@@ -177,12 +178,11 @@ def _size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
-def stylize_video(stylizer, src: str | Path, dst: str | Path, styles: list[str] | None = None,
-                  strength: float = 1.0, max_size: int | None = None, preserve_color: bool = False,
-                  match_color: bool = False, smooth: float = 0.0,
+def stylize_video(stylizer, src: str | Path, dst: str | Path, config: ApplyConfig | None = None,
                   progress: Callable[[int], None] | None = None,
                   notice: Callable[[str], None] | None = None) -> VideoReport:
-    """Stylize every frame of `src` into `dst` (.mp4, .m4v, .mov, .mkv, .webm) with a stylizer of the
+    """Stylize every frame of `src` into `dst` (.mp4, .m4v, .mov, .mkv, .webm) as `config` asks (styles,
+    strength, max_size, colour, smooth: the flicker damping) with a stylizer of the
     file pipeline's interface (pipeline.py). `progress(frames_done)` after each frame. Raises
     StylizeError for what the user can mend; on any failure or interrupt nothing is left at `dst`."""
     import time
@@ -190,9 +190,11 @@ def stylize_video(stylizer, src: str | Path, dst: str | Path, styles: list[str] 
     from . import mixing
 
     src, dst = Path(src), Path(dst)
+    c = config or ApplyConfig()
+    styles, strength, max_size, match_color = c.styles, c.style_weight, c.max_size, c.match_color
     check(src, dst)
     mixing.check_strength(strength, stylizer.name, stylizer.has_strength)
-    damping = Damping(smooth)
+    damping = Damping(c.smooth)
     fmt, vcodec, acodec, copyable = _OUTPUTS[dst.suffix.lower()]
     notice = notice or (lambda message: None)
     report, flicker, t0 = VideoReport(), Flicker(), time.perf_counter()
@@ -234,7 +236,7 @@ def stylize_video(stylizer, src: str | Path, dst: str | Path, styles: list[str] 
             if cond is None:  # once: every frame gets the same styles (and the same painting's colours)
                 cond = stylizer.condition(styles, None, x, match_color)
             y = stylizer.run(x, cond, strength)
-            if preserve_color and not match_color:
+            if c.preserve_color and not match_color:
                 import torch
 
                 from .color import keep_luminance

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from stylize import inference, pipeline
 from stylize.cli import _kill_as_interrupt, app
 from stylize.inference import Interrupted, Stylizer, apply_files, output_paths
+from stylize.settings import ApplyConfig
 
 from conftest import make_photo
 
@@ -77,7 +78,7 @@ def test_batch_summary_and_exit_code(make_model, tmp_path):
 def test_failures_are_reported_in_input_order_and_the_rest_go_on(stylizer, tmp_path):
     good = make_folder(tmp_path / "in")
     seen = []
-    report = apply_files(stylizer, [str(tmp_path / "in")], out_dir=tmp_path / "out",
+    report = apply_files(stylizer, [str(tmp_path / "in")], ApplyConfig(out_dir=str(tmp_path / "out")),
                          progress=lambda src, dst: seen.append(src))
     assert len(report.written) == len(good) and len(report.failed) == len(CORRUPT)
     assert len(seen) == len(good) + len(CORRUPT)  # progress once per input
@@ -88,12 +89,12 @@ def test_failures_are_reported_in_input_order_and_the_rest_go_on(stylizer, tmp_p
 
 def test_resume_skips_finished_files(stylizer, tmp_path):
     make_folder(tmp_path / "in")
-    first = apply_files(stylizer, [str(tmp_path / "in")], out_dir=tmp_path / "out")
+    first = apply_files(stylizer, [str(tmp_path / "in")], ApplyConfig(out_dir=str(tmp_path / "out")))
     removed = first.written[1::3]
     for p in removed:
         p.unlink()
     kept = {p: p.stat().st_mtime_ns for p in first.written if p not in removed}
-    again = apply_files(stylizer, [str(tmp_path / "in")], out_dir=tmp_path / "out", skip_existing=True)
+    again = apply_files(stylizer, [str(tmp_path / "in")], ApplyConfig(out_dir=str(tmp_path / "out"), skip_existing=True))
     assert sorted(again.written) == sorted(removed)  # only what was missing
     assert sorted(again.skipped) == sorted(kept)
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # untouched
@@ -113,13 +114,13 @@ def test_interrupt_leaves_whole_files_and_resume_finishes(stylizer, tmp_path, mo
 
     monkeypatch.setattr(Stylizer, "__call__", ctrl_c_at_the_fifth)
     with pytest.raises(Interrupted) as caught:
-        apply_files(stylizer, [str(tmp_path / "in")], out_dir=tmp_path / "out")
+        apply_files(stylizer, [str(tmp_path / "in")], ApplyConfig(out_dir=str(tmp_path / "out")))
     report = caught.value.report
     assert report.interrupted and len(report.written) == 4  # the four stylized before it were still written
     assert outputs(tmp_path / "out") == sorted(p.relative_to(tmp_path / "out").as_posix() for p in report.written)
     assert all(complete(p) for p in report.written)  # and no .part file either (outputs lists every file)
     monkeypatch.setattr(Stylizer, "__call__", real)
-    rest = apply_files(stylizer, [str(tmp_path / "in")], out_dir=tmp_path / "out", skip_existing=True)
+    rest = apply_files(stylizer, [str(tmp_path / "in")], ApplyConfig(out_dir=str(tmp_path / "out"), skip_existing=True))
     assert len(rest.skipped) == 4 and len(rest.written) == len(good) - 4
     assert len(outputs(tmp_path / "out")) == len(good)
 
@@ -141,9 +142,9 @@ def test_no_partial_file_after_a_failure_while_writing(stylizer, tmp_path, monke
     files = [str(tmp_path / f"p{i}.png") for i in range(3)]
     if isinstance(failure, KeyboardInterrupt):
         with pytest.raises(Interrupted):
-            apply_files(stylizer, files, out_dir=tmp_path / "out", workers=1)
+            apply_files(stylizer, files, ApplyConfig(out_dir=str(tmp_path / "out")), workers=1)
     else:
-        report = apply_files(stylizer, files, out_dir=tmp_path / "out", workers=1)
+        report = apply_files(stylizer, files, ApplyConfig(out_dir=str(tmp_path / "out")), workers=1)
         assert [src.name for src, _ in report.failed] == ["p1.png"]
         assert "No space left" in report.failed[0][1]
         assert sorted(p.name for p in report.written) == ["p0.png", "p2.png"]
@@ -159,7 +160,7 @@ def test_parts_left_by_a_killed_run_are_removed(stylizer, tmp_path):
     stale.write_bytes(b"\x89PNG half")
     other = tmp_path / "out" / ".notes.txt.part"  # not ours: left alone
     other.write_text("x")
-    report = apply_files(stylizer, [str(tmp_path / "p.png")], out_dir=tmp_path / "out")
+    report = apply_files(stylizer, [str(tmp_path / "p.png")], ApplyConfig(out_dir=str(tmp_path / "out")))
     assert len(report.written) == 1 and not stale.exists() and other.exists()
 
 
@@ -195,7 +196,7 @@ def test_reading_and_writing_overlap_with_the_network(stylizer, tmp_path, monkey
     monkeypatch.setattr(inference, "load_image", load)
     monkeypatch.setattr(pipeline, "save_image", save)
     monkeypatch.setattr(Stylizer, "__call__", network)
-    report = apply_files(stylizer, [str(tmp_path)], out_dir=tmp_path / "out")
+    report = apply_files(stylizer, [str(tmp_path)], ApplyConfig(out_dir=str(tmp_path / "out")))
     assert len(report.written) == 4 and all(overlapped)
     assert threads["network"] == {threading.main_thread().name}
     assert all(t.startswith("stylize-read") for t in threads["read"])
@@ -245,7 +246,7 @@ def test_huge_photos_go_one_at_a_time(make_model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(inference, "load_image", load)
     monkeypatch.setattr(Stylizer, "__call__", network)
-    report = apply_files(s, [str(tmp_path)], out_dir=tmp_path / "out")
+    report = apply_files(s, [str(tmp_path)], ApplyConfig(out_dir=str(tmp_path / "out")))
     assert len(report.written) == 5
     # the first read-ahead is made before any photo's size is known; after that, one ahead at most
     assert all(n <= 2 for n in counts[2:]), counts

@@ -10,6 +10,7 @@ import pytest
 
 from stylize import video
 from stylize.inference import load_stylizer
+from stylize.settings import ApplyConfig
 
 from test_cli import assert_clean_failure, files_under, invoke
 
@@ -140,12 +141,12 @@ def test_an_interrupted_video_leaves_no_file(tmp_path, model):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        video.stylize_video(load_stylizer(model), src, dst, progress=stop)
+        video.stylize_video(load_stylizer(model), src, dst, ApplyConfig(smooth=0.0), progress=stop)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
 
 
 def _run(model, src, dst, smooth):
-    return video.stylize_video(load_stylizer(model), src, dst, smooth=smooth)
+    return video.stylize_video(load_stylizer(model), src, dst, ApplyConfig(smooth=smooth))
 
 
 def test_damping_cuts_flicker_where_the_picture_is_still(tmp_path, make_model):
