@@ -1,8 +1,8 @@
 """Stylizing on the CPU through ONNX Runtime, without importing torch.
 
 Why: on a CPU, most of a one-photo run used to be start-up and a slow forward pass. Importing torch
-costs about 2 s here (torchvision another 1.5), ONNX Runtime 0.2 s; and ONNX Runtime ran the
-transformer network faster than eager PyTorch (1024x1024, width 32: 3.3 s against 6.0; bench/apply.py).
+and torchvision takes seconds, ONNX Runtime a fraction of one, and ONNX Runtime ran the transformer
+network faster than eager PyTorch (figures: docs/benchmarks.md; bench/apply.py).
 The first CPU apply of a model exports it once (export.py, which needs torch) into a cache keyed by
 the model file's sha256; later runs load the cached graph and never touch torch.
 

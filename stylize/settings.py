@@ -113,8 +113,7 @@ class ApplyConfig:
     max_size: int | None = None  # downscale inputs whose longest side is larger (None: keep the resolution)
     tile: int = 0  # tile side in pixels; 0: tile only images over the memory budget
     # working memory for one pass of the network, MB; larger images are tiled (tiling.py). 2560 runs
-    # photos up to ~2.4 MP (1920x1080) whole at width 32; with 1024 an 8000x6000 photo peaks at 2.6 GB
-    # resident on a CPU (bench/tiling.py)
+    # photos up to ~2.4 MP (1920x1080) whole at width 32 (peaks measured: docs/benchmarks.md)
     memory_mb: int = 2560
     out_dir: str = "stylized"
     quality: int = 95  # JPEG and WebP quality

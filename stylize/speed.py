@@ -4,9 +4,8 @@
 CUDA, and none elsewhere, so CPU runs keep the exact arithmetic they always had. bench/train.py
 measures them against the plain fp32 loop of pytorch/examples and ablates them with --levers.
 
-On a CPU they are not on by default although some pay there: on the 2-core Xeon (AMX) this was written
-on, 128 px crops, batch 4, one thread, bf16 trained 1.87x as fast, channels_last 1.32x, both with
-fused_adam and gpu_data 2.73x (bench/train.py). They change a CPU run's arithmetic, and bf16 autocast
+On a CPU they are not on by default although some pay there: on a Xeon with AMX, bf16 and
+channels_last trained much faster (docs/benchmarks.md; bench/train.py). They change a CPU run's arithmetic, and bf16 autocast
 is slower than fp32 on CPUs without AMX or AVX-512 BF16; ask for them with --levers bf16,channels_last.
 """
 from __future__ import annotations

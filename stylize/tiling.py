@@ -24,8 +24,8 @@ runs every tile's convolution k from the state the tile kept after phase k-1, ga
 input over the whole image, then freezes its statistics. The state kept between phases is the
 pre-norm output and the residual stream at quarter or half resolution (16 values per window pixel;
 the full-resolution first layer is recomputed instead): float32 in memory, or float16 in a temporary
-folder when it would outgrow the memory budget (92 dB: still invisible). Cost against untiled,
-2048x1536 on CPU: 1.10x (states in memory), 1.15x (on disk).
+folder when it would outgrow the memory budget (92 dB: still invisible). Cost against untiled: about
+a tenth more (docs/benchmarks.md; bench/tiling.py).
 
 How tiles fit together.
 - Every tile runs with HALO pixels of real image around it, cut off afterwards: reflection padding at
@@ -41,7 +41,8 @@ How tiles fit together.
 
 Memory: the input stays uint8 on the CPU and a window becomes float on the device only when it runs;
 the output is summed in float32 one band of tiles at a time and stored as soon as no later tile
-touches it. An 8000x6000 photo peaks at 2.6 GB resident on a CPU, in 63 tiles (bench/tiling.py).
+touches it. So memory is bounded by the budget, not by the photo (an 8000x6000 photo's peak:
+docs/benchmarks.md; bench/tiling.py).
 """
 from __future__ import annotations
 
