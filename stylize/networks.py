@@ -103,13 +103,12 @@ class ConvNorm(nn.Module):
 
 
 class ResidualBlock(nn.Module):
+    """Two units, a and b, whose output is added to the block's input (TransformerNet.units runs it)."""
+
     def __init__(self, channels: int, cfg: NetConfig, separable: bool = False):
         super().__init__()
         self.a = ConvNorm(channels, channels, 3, 1, cfg, separable=separable)
         self.b = ConvNorm(channels, channels, 3, 1, cfg, relu=False, separable=separable)
-
-    def forward(self, x, cond):
-        return x + self.b(self.a(x, cond), cond)
 
 
 class TransformerNet(nn.Module):
@@ -137,10 +136,23 @@ class TransformerNet(nn.Module):
         self.out_pad = nn.ReflectionPad2d(arch.end_kernel // 2)
         self.out = nn.Conv2d(w, 3, arch.end_kernel, 1)
 
+    def units(self) -> list[tuple[ConvNorm, str]]:
+        """The forward pass as the sequence of its ConvNorm units, each with its role: "plain", or a
+        residual block's first ("a") or second ("b") unit; the stream entering an "a" unit is added
+        to the output of the "b" unit after it. forward() runs exactly this sequence, and tiling.py
+        steps through it one convolution at a time, so a layer added here is in both."""
+        return ([(m, "plain") for m in self.down]
+                + [(u, role) for block in self.res for u, role in ((block.a, "a"), (block.b, "b"))]
+                + [(m, "plain") for m in self.up])
+
     def forward(self, x: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
-        h = x
-        for layer in (*self.down, *self.res, *self.up):
-            h = layer(h, cond)
+        h, skip = x, None
+        for unit, role in self.units():
+            if role == "a":
+                skip = h
+            h = unit(h, cond)
+            if role == "b":
+                h = skip + h
         return self.head(x, h, cond)
 
     def head(self, x: torch.Tensor, h: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:

@@ -162,16 +162,15 @@ def plan(height: int, width: int, tile: int, halo: int = HALO, overlap: int = OV
 # -- the network, one convolution at a time ---------------------------------------------------------
 
 class _Walker:
-    """Steps a TransformerNet one ConvNorm at a time with the network's own pieces (ConvNorm.convolve
-    and .finish, TransformerNet.head): unit k's convolution gives its pre-norm output z, `finish`
-    normalizes it into the next unit's input. x is the residual stream: a block's input, added back
-    after the block's second unit, as in ResidualBlock.forward."""
+    """Steps a TransformerNet one ConvNorm at a time through the network's own sequence of units
+    (TransformerNet.units, the one forward() runs) with its own pieces (ConvNorm.convolve and .finish,
+    TransformerNet.head): unit k's convolution gives its pre-norm output z, `finish` normalizes it
+    into the next unit's input. x is the residual stream: a block's input, added back after the
+    block's second unit."""
 
     def __init__(self, net: nn.Module):
         self.net = net
-        self.units = [(m, "plain") for m in net.down]
-        self.units += [(u, role) for block in net.res for u, role in ((block.a, "a"), (block.b, "b"))]
-        self.units += [(m, "plain") for m in net.up]
+        self.units = net.units()
 
     def __len__(self):
         return len(self.units)

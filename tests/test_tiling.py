@@ -79,6 +79,23 @@ def test_walker_is_the_network(norm):
         assert torch.equal(walker.run(state, None, lambda: x, cond), net(x, cond))
 
 
+def test_a_layer_added_to_the_network_is_one_tiling_steps_through():
+    # the walker has no copy of the forward pass: a new unit changes the network's output and the
+    # walker's alike
+    from stylize.networks import ConvNorm, ResidualBlock
+
+    torch.manual_seed(0)
+    net = TransformerNet(NetConfig("instance", 1, True, 8)).eval()
+    x, cond = torch.rand(1, 3, 40, 48), Condition(None, torch.tensor([1.0]))
+    with torch.inference_mode():
+        before = net(x, cond)
+        net.res.append(ResidualBlock(32, net.cfg))
+        net.up.append(ConvNorm(8, 8, 3, 1, net.cfg))
+        after = net(x, cond)
+        assert not torch.equal(before, after)
+        assert torch.equal(tiling._Walker(net).run(None, None, lambda: x, cond), after)
+
+
 # ------------------------------------------------------------------ tiled == untiled
 
 @pytest.mark.parametrize("norm,network", [(n, "johnson") for n in ["instance", "conditional", "layer", "group", "batch", "none"]]
