@@ -1,8 +1,8 @@
 """Colour preservation (Gatys et al. 2016, "Preserving color in neural artistic style transfer").
 
 luminance: stylize, then keep the output's luminance (Y of YCbCr) with the photo's chroma (CbCr).
-match: before stylizing, give the style image the photo's colour mean and covariance, so the style
-contributes strokes and texture but no new palette (needs a style image: AdaIN models).
+match: before stylizing, give the style image the photo's colour mean and covariance (palette.py), so
+the style contributes strokes and texture but no new palette (needs a style image: adaptive models).
 """
 from __future__ import annotations
 
@@ -29,20 +29,11 @@ def keep_luminance(output: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
     return to_rgb(y).clamp(0, 1)
 
 
-def match_colors(style: torch.Tensor, photo: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Linearly map the style's RGB distribution onto the photo's mean and covariance."""
-    def stats(x):
-        f = x.reshape(3, -1).double()
-        mean = f.mean(1, keepdim=True)
-        cov = torch.cov(f) + eps * torch.eye(3, dtype=f.dtype)
-        return f, mean, cov
+def match_colors(style: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+    """Linearly map the style's RGB distribution onto the photo's mean and covariance (palette.py)."""
+    from . import palette
 
-    def sqrtm(c, inverse=False):
-        vals, vecs = torch.linalg.eigh(c)
-        vals = vals.clamp_min(eps).pow(-0.5 if inverse else 0.5)
-        return vecs @ torch.diag(vals) @ vecs.T
-
-    fs, ms, cs = stats(style)
-    _, mp, cp = stats(photo)
-    out = sqrtm(cp) @ sqrtm(cs, inverse=True) @ (fs - ms) + mp
-    return out.reshape(style.shape).to(style.dtype).clamp(0, 1)
+    a, b = palette.transfer(palette.stats(style.detach().cpu().double().numpy()),
+                            palette.stats(photo.detach().cpu().double().numpy()))
+    out = torch.einsum("ij,jhw->ihw", torch.from_numpy(a), style.double().cpu()) + torch.from_numpy(b)[:, None, None]
+    return out.to(style.dtype).clamp(0, 1).to(style.device)

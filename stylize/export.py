@@ -116,7 +116,7 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
     if arbitrary:
         from .style_prediction import MULTIPLE
 
-        meta.update(arbitrary=True, style_size=stylizer.style_size, style_multiple=MULTIPLE)
+        meta.update(arbitrary=True, style_size=stylizer.style_size, style_multiple=MULTIPLE, apply=stylizer.apply)
         module, names = _Arbitrary(stylizer), ["image", "style", "strength"]
         args = (image, torch.rand(1, 3, 3 * MULTIPLE, 4 * MULTIPLE), torch.tensor([1.0]))
         dims = {"image": {2: torch.export.Dim("h4", min=2, max=8192) * 4, 3: torch.export.Dim("w4", min=2, max=8192) * 4},

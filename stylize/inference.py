@@ -156,19 +156,29 @@ class ArbitraryStylizer(Stylizer):
         self.predictor.eval().requires_grad_(False).to(self.device)
         self.features.to(self.device)
         self.style_size = style_size or p["style_size"]
-        self.styles, self._embeddings = [], {}
+        self.styles, self._embeddings, self._paintings = [], {}, {}
+        self.apply = record.get("apply") or {}  # mixing.calibrated
+        self._palettes, self._matched = [], False
+
+    def painting(self, path: str) -> torch.Tensor:
+        """A painting as the predictor reads it: at style_size, cropped to the network's multiple."""
+        from .data import load_style
+        from .style_prediction import crop_to_multiple
+
+        if path not in self._paintings:
+            self._paintings = {path: crop_to_multiple(load_style(path, self.style_size)[1]), **self._paintings}
+            while len(self._paintings) > 8:  # a long-lived process (stylize serve) sees many paintings
+                self._paintings.pop(next(reversed(self._paintings)))
+        return self._paintings[path]
 
     @torch.inference_mode()
     def embedding(self, path: str, photo: torch.Tensor | None = None) -> torch.Tensor:
         """A painting's style embedding (D,); with `photo`, of the painting recoloured to the photo's colours."""
         from .color import match_colors
-        from .data import load_style
-        from .style_prediction import crop_to_multiple
 
         key = (path, id(photo) if photo is not None else None)
         if key not in self._embeddings:
-            _, style = load_style(path, self.style_size)
-            style = crop_to_multiple(style)
+            style = self.painting(path)
             if photo is not None:
                 style = match_colors(style, photo.float() / 255 if photo.dtype == torch.uint8 else photo)
             self._embeddings = {k: v for k, v in self._embeddings.items() if k[1] is None}  # one photo's at a time
@@ -178,6 +188,7 @@ class ArbitraryStylizer(Stylizer):
     def condition(self, specs: list[str] | None, mask: torch.Tensor | None = None, photo=None,
                   match_color: bool = False) -> torch.Tensor:
         """Paintings (PATH or PATH=W) -> the baked network's style weights (N,), or (N, H, W) with a mask."""
+        from . import palette
         from .style_prediction import bake
 
         if not specs:
@@ -185,11 +196,25 @@ class ArbitraryStylizer(Stylizer):
         paths, weights = mixing.painting_weights(specs)
         embeddings = torch.stack([self.embedding(p, photo if match_color else None) for p in paths])
         self.net, self.styles = bake(self.base, embeddings), paths
+        # the palette step follows the paintings, unless their colours were given the photo's
+        self._palettes, self._matched = [palette.stats(self.painting(p).numpy()) for p in paths], match_color
         if mask is None:
             return torch.tensor(weights)
         if len(specs) != 2:
             raise StylizeError("--mask needs exactly two --style values: the first paints the white region")
         return torch.stack([mask, 1 - mask])
+
+    def run(self, x: torch.Tensor, cond, strength: float) -> torch.Tensor:
+        """As Stylizer.run, at the strength the model file calibrates (mixing.calibrated), then the
+        paintings' palette (palette.recolour; per pixel with a mask)."""
+        from . import palette
+
+        mixing.check_strength(strength, self.name, self.has_strength)
+        network_strength, amount = mixing.calibrated(strength, self.apply)
+        y = super().run(x, cond, network_strength)
+        if amount and not self._matched:
+            y = torch.from_numpy(palette.recolour(y.numpy(), self._palettes, cond.numpy(), amount))
+        return y
 
 
 class AdaINStylizer:

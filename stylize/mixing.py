@@ -68,6 +68,14 @@ def _normalised(weights: list[float]) -> list[float]:
     return [w / total for w in weights]
 
 
+def calibrated(strength: float, apply: dict | None) -> tuple[float, float]:
+    """--style-weight s for a model whose file says how it applies (record["apply"], measured after
+    training; the model card says how): the network's strength condition at s, and the share of the
+    painting's palette the output then takes (palette.recolour). Without it: (s, 0)."""
+    apply = apply or {}
+    return strength * apply.get("full_strength", 1.0), strength * apply.get("palette", 0.0)
+
+
 def check_strength(strength: float, model: str | None = None, conditioned: bool = True) -> None:
     """--style-weight: a number in [0, 1], and other than 1 only for a model trained for every
     strength (`conditioned`; AdaIN models always are: it is their alpha)."""

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import mixing, modelfile
+from . import mixing, modelfile, palette
 from .errors import StylizeError
 from .files import file_sha256
 from .images import read_array
@@ -129,6 +129,7 @@ class OnnxStylizer:
         self.budget = 1 << 62 if self.adaptive and not self.arbitrary else budget_pixels(memory_mb, self.meta["width"])
         self._fallback, self._torch = fallback, None  # PyTorch stylizer for images over the budget
         self._style_cache: dict = {}
+        self.apply = self.meta.get("apply") or {}  # mixing.calibrated: arbitrary models
 
     def stylize(self, x: np.ndarray, weights: list[float] | None = None, strength: float = 1.0,
                 style: np.ndarray | None = None) -> np.ndarray:
@@ -170,7 +171,7 @@ class OnnxStylizer:
                 if self.arbitrary:  # cropped as in style_prediction.crop_to_multiple
                     m = self.meta["style_multiple"]
                     style = style[:, : style.shape[1] - style.shape[1] % m, : style.shape[2] - style.shape[2] % m]
-                self._style_cache[path] = style
+                self._style_cache[path] = style, palette.stats(style)
                 while len(self._style_cache) > 8:  # a long-lived process (stylize serve) sees many paintings
                     self._style_cache.pop(next(iter(self._style_cache)))
             return self._style_cache[path]
@@ -196,12 +197,16 @@ class OnnxStylizer:
         if self.meta.get("default"):
             return self.stylize(x, cond, strength)  # uint8 in and out
         photo = x.astype(np.float32) / 255
+        amount = 0.0
         if self.adaptive:
-            y = self.stylize(photo, strength=strength, style=cond)
+            style, colours = cond
+            strength, amount = mixing.calibrated(strength, self.apply)
+            y = self.stylize(photo, strength=strength, style=style)
         else:
             y = self.stylize(photo, cond, strength)
         y = y * 255
-        return np.round(y, out=y).astype(np.uint8)  # in place: one photo-sized temporary fewer
+        y = np.round(y, out=y).astype(np.uint8)  # in place: one photo-sized temporary fewer
+        return palette.recolour(y, [colours], [1.0], amount) if amount else y
 
 
 def load(model: str | Path, style_size: int | None = ApplyConfig.style_size, memory_mb: float = ApplyConfig.memory_mb,

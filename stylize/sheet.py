@@ -38,7 +38,7 @@ def contact_sheet(stylizer: Stylizer | AdaINStylizer, photo: torch.Tensor, style
     strengths = strengths or [1.0]
     photo_tile = (to_pil(photo), "photo")
     if len(strengths) == 1:  # one row: the photo, then every style
-        rows = [[photo_tile] + [(to_pil(stylizer(photo, stylizer.condition(spec.split(",")), strengths[0])),
+        rows = [[photo_tile] + [(to_pil(stylizer.run(photo, stylizer.condition(spec.split(",")), strengths[0])),
                                  _label(spec)) for spec in styles]]
         if columns:
             flat = rows[0]
@@ -48,7 +48,7 @@ def contact_sheet(stylizer: Stylizer | AdaINStylizer, photo: torch.Tensor, style
         for r, spec in enumerate(styles):
             weights = stylizer.condition(spec.split(","))
             rows.append([photo_tile if r == 0 else None] +
-                        [(to_pil(stylizer(photo, weights, s)), f"{_label(spec)} @ {s:g}") for s in strengths])
+                        [(to_pil(stylizer.run(photo, weights, s)), f"{_label(spec)} @ {s:g}") for s in strengths])
     return tile_grid(rows)
 
 

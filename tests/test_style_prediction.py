@@ -188,3 +188,38 @@ def test_efficientnet_model_exports_to_onnx_and_matches_pytorch(tmp_path, photos
     s = load_stylizer(model, "cpu")
     ref = s(torch.from_numpy(x), s.condition([painting]), 0.8, dtype=torch.uint8)
     assert np.abs(got.astype(int) - ref.numpy().astype(int)).max() <= 1  # measured: 0, with 1 and 2 threads
+
+
+def test_a_calibrated_model_applies_its_strength_and_the_paintings_palette(arbitrary_model, paintings, tmp_path):
+    """A model file whose "apply" says full_strength 0.5 and palette 1: --style-weight s runs the
+    network at 0.5 s, then moves the output s of the way to the painting's palette; 0 is the photo."""
+    from stylize import palette
+
+    rec = modelfile.load(arbitrary_model)
+    rec["apply"] = {"full_strength": 0.5, "palette": 1.0}
+    calibrated = modelfile.save(rec, tmp_path / "calibrated.pt")
+    s, plain = load_stylizer(calibrated, "cpu"), load_stylizer(arbitrary_model, "cpu")
+    for net in (s.base, plain.base):
+        torch.manual_seed(0)  # the same projections far from the identity in both (as after training)
+        for m in net.modules():
+            if getattr(m, "project", None) is not None:
+                torch.nn.init.normal_(m.project.weight, std=0.3)
+    x = torch.from_numpy(np.array(make_photo(4, 40, 32))).permute(2, 0, 1).contiguous()
+    p0 = str(paintings / "p0.png")
+    target = palette.stats(s.painting(p0).numpy())
+    for strength in (1.0, 0.6):
+        got = s.run(x, s.condition([p0]), strength)
+        network = plain.run(x, plain.condition([p0]), 0.5 * strength)
+        want = palette.recolour(network.numpy(), [target], [1.0], strength)
+        assert np.array_equal(got.numpy(), want)
+    assert torch.equal(s.run(x, s.condition([p0]), 0.0), x)  # strength 0: the photo
+    # the palette step moves the output's colours to the painting's: measured, the network alone is
+    # 64 levels from the painting's mean colour, and after the step 5% of that is left
+    before = palette.stats(plain.run(x, plain.condition([p0]), 0.5).numpy())[0]
+    after = palette.stats(s.run(x, s.condition([p0]), 1.0).numpy())[0]
+    assert np.abs(after - target[0]).max() < 0.25 * np.abs(before - target[0]).max()
+    # colours given the photo's (--color-method match): no palette step
+    matched = s.run(x, s.condition([p0], photo=x, match_color=True), 1.0)
+    assert np.array_equal(matched.numpy(), plain.run(x, plain.condition([p0], photo=x, match_color=True), 0.5).numpy())
+    with pytest.raises(StylizeError, match="between 0 and 1"):
+        s.run(x, s.condition([p0]), 1.5)

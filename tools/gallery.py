@@ -78,7 +78,7 @@ def arbitrary_sheet(photos, size: int) -> Image.Image:
         texture(n, 512).save(path)
         paintings.append(path)
     head = [None] + [(Image.open(p).convert("RGB"), f"texture {n}") for n, p in zip(TEXTURES, paintings)]
-    rows = [[(to_pil(x), name)] + [(to_pil(s(x, s.condition([str(p)]))), f"texture {n}")
+    rows = [[(to_pil(x), name)] + [(to_pil(s.run(x, s.condition([str(p)]), 1.0)), f"texture {n}")
                                    for n, p in zip(TEXTURES, paintings)] for name, x in photos]
     w, h = rows[0][0][0].size
     head = [None] + [(im.resize((w, h), Image.Resampling.LANCZOS) if im.size != (w, h) else im, label)

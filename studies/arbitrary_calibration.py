@@ -1,0 +1,97 @@
+"""How an arbitrary-style model should apply: the network's strength at --style-weight 1, and how much
+of the painting's palette the output then takes (mixing.calibrated, palette.recolour).
+
+A style-prediction network trained on a few dozen paintings on a CPU learns their marks better than
+their palettes, and at its full strength its marks bury the photo. This grid measures, on photos and
+paintings that are neither trained on nor held out for the model card, every pair of a network
+strength and a palette amount: quality.py's style_match and structure, and a picture. The chosen
+pair is written into a copy of the model file ("apply"), which `stylize apply` then follows.
+
+  python studies/arbitrary_calibration.py --model weights/arbitrary.pt --photos P [P ...] \
+      --paintings S [S ...] --out-dir runs/calibration [--strengths 1,0.8,0.6,0.5,0.4] [--amounts 0,0.5,1]
+  python studies/arbitrary_calibration.py --model weights/arbitrary.pt --set 0.5 1.0 --write calibrated.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+from bench.common import QUALITY, load_quality, side_by_side  # noqa: E402
+from stylize import modelfile, palette  # noqa: E402
+from stylize.images import save_image  # noqa: E402
+from stylize.inference import ArbitraryStylizer  # noqa: E402
+
+
+def grid(args) -> dict:
+    score = load_quality(args.quality)
+    record = modelfile.load(args.model)
+    record.pop("apply", None)  # the network alone: this grid is what chooses its calibration
+    s = ArbitraryStylizer(record, "cpu")
+    strengths = [float(v) for v in args.strengths.split(",")]
+    amounts = [float(v) for v in args.amounts.split(",")]
+    results: dict[str, list[dict]] = {}
+    rows = []
+    for painting in args.paintings:
+        for photo in args.photos:
+            x, _ = s.load(photo)
+            cond = s.condition([str(painting)], None, x)
+            target = palette.stats(s.painting(str(painting)).numpy())
+            row = [photo]
+            for strength in strengths:
+                with torch.inference_mode():
+                    y = s.run(x, cond, strength).numpy()
+                for amount in amounts:
+                    key = f"strength {strength:g}, palette {amount:g}"
+                    out = args.out_dir / f"s{strength:g}_p{amount:g}" / painting.stem / f"{photo.stem}.png"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    save_image(palette.recolour(y, [target], [1.0], amount), out)
+                    results.setdefault(key, []).append(score(str(photo), str(painting), str(out)))
+                    if amount == amounts[-1]:
+                        row.append(out)
+            rows.append(row + [painting])
+            print(painting.stem, photo.stem, flush=True)
+    table = {k: {m: round(statistics.mean(r[m] for r in rs if r[m] == r[m]), 4) for m in ("style_match", "structure")}
+             for k, rs in results.items()}
+    side_by_side(rows, args.out_dir / "sheet.jpg", height=200)
+    report = {"model": str(args.model), "photos": [p.name for p in args.photos],
+              "paintings": [p.name for p in args.paintings], "table": table,
+              "sheet": str(args.out_dir / "sheet.jpg") + f" (rows: photo, strengths {args.strengths} at palette "
+                                                        f"{amounts[-1]:g}, painting)"}
+    (args.out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    for k, v in table.items():
+        print(f"{k:28s} style_match {v['style_match']:.3f}  structure {v['structure']:.3f}")
+    return report
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--photos", nargs="+", type=Path, default=[])
+    ap.add_argument("--paintings", nargs="+", type=Path, default=[])
+    ap.add_argument("--strengths", default="1,0.8,0.6,0.5,0.4")
+    ap.add_argument("--amounts", default="0,0.5,0.75,1")
+    ap.add_argument("--quality", type=Path, default=QUALITY)
+    ap.add_argument("--out-dir", type=Path, default=Path("runs/calibration"))
+    ap.add_argument("--set", nargs=2, type=float, metavar=("FULL_STRENGTH", "PALETTE"))
+    ap.add_argument("--write", type=Path, help="with --set: the calibrated copy of --model")
+    args = ap.parse_args(argv)
+    if args.set:
+        if not args.write:
+            ap.error("--set needs --write FILE")
+        record = modelfile.load(args.model)
+        record["apply"] = {"full_strength": args.set[0], "palette": args.set[1]}
+        print(f"wrote {modelfile.save(record, args.write)}")
+        return
+    if not args.photos or not args.paintings:
+        ap.error("give --photos and --paintings (or --set with --write)")
+    grid(args)
+
+
+if __name__ == "__main__":
+    main()
