@@ -242,12 +242,10 @@ stylized frame by frame with its sound kept, one video per command."""
     if "-" in inputs or to_stdout:
         inputs, out = _pipe_files(ctx, inputs, out, to_stdout)
         quiet = quiet or to_stdout  # standard output carries the image alone
-    from tqdm import tqdm
-
     from .distributed import Shard
     from .pipeline import Interrupted, apply_files, open_stylizer, plan
 
-    notice = (lambda message: None) if quiet else functools.partial(tqdm.write, file=sys.stderr)
+    notice = (lambda message: None) if quiet else _notice
     pairs = plan(inputs, out, out_dir, notice)  # --out with several inputs fails here, before any work
     paths = [dst for _, dst in pairs]
     _check_writable(out.parent if out is not None else out_dir)
@@ -262,6 +260,8 @@ stylized frame by frame with its sound kept, one video per command."""
         if total > 1 or quiet:
             return
         if tile_bar is None:
+            from tqdm import tqdm
+
             tile_bar = tqdm(total=steps, desc="tiles", unit="tile", leave=False, dynamic_ncols=True)
         tile_bar.update(done - tile_bar.n)
         if done == steps:
@@ -281,8 +281,7 @@ stylized frame by frame with its sound kept, one video per command."""
         return _apply_video(stylizer, *pairs[0], config, quiet, notice)
     # the bar counts the work to do, so its img/s is the real rate on a resumed run
     existing = {p for p in paths[shard.rank::shard.world] if p.exists()} if skip_existing else set()
-    with tqdm(total=mine - len(existing), unit="img", disable=total < 2 or not shard.lead or quiet,
-              dynamic_ncols=True) as bar, \
+    with _bar(total=mine - len(existing), unit="img", disable=total < 2 or not shard.lead or quiet) as bar, \
             _kill_as_interrupt() as killed:
         try:
             report = apply_files(stylizer, pairs, config, progress=lambda src, dst: dst in existing or bar.update(1),
@@ -313,6 +312,29 @@ stylized frame by frame with its sound kept, one video per command."""
              "to finish", 128 + killed.get("signum", signal.SIGINT))
     if report.failed:
         raise typer.Exit(1)
+
+
+def _notice(message: str) -> None:
+    """A line on standard error that leaves a progress bar intact."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _bar(total: int, unit: str, disable: bool):
+    """A progress bar, or for one photo (no bar to show) a stand-in that skips importing tqdm."""
+    if disable:
+        class _Quiet(contextlib.nullcontext):
+            def __enter__(self):
+                return self
+
+            def update(self, n: int = 1) -> None:
+                pass
+
+        return _Quiet()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, dynamic_ncols=True)
 
 
 def _apply_video(stylizer, src: Path, dst: Path, config, quiet, notice) -> None:

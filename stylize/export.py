@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, modelfile
+from . import __version__, mixing, modelfile
 from .errors import StylizeError
 from .files import atomic_write
 from .norms import Condition
@@ -47,11 +47,12 @@ class _Default(nn.Module):
     network ran 12% faster on a CPU). It also takes and gives uint8 pixels, (1, 3, H, W), so that the
     conversions run in ONNX Runtime's threads rather than in NumPy's one."""
 
-    def __init__(self, net, strength: bool, num_styles: int):
+    def __init__(self, net, strength: bool, num_styles: int, full_strength: float = 1.0):
         super().__init__()
         self.net = net
         self.register_buffer("styles", torch.nn.functional.one_hot(torch.tensor([0]), num_styles).float())
-        self.register_buffer("strength", torch.ones(1) if strength else None)
+        # --style-weight 1 runs the network at the strength the model file calibrates (mixing.calibrated)
+        self.register_buffer("strength", torch.full((1,), full_strength) if strength else None)
 
     def forward(self, image):
         y = self.net(image.float() / 255, Condition(self.styles, self.strength))
@@ -110,13 +111,13 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
     meta = {"kind": record.get("kind"), "styles": list(record.get("styles", [])),
             "strength": bool(record["net"].get("strength", False)), "width": record["net"].get("width"),
             "multiple": 8 if adaptive else 4, "source_sha256": file_sha256(Path(record["path"])),
-            "stylize": __version__, "opset": OPSET}
+            "stylize": __version__, "opset": OPSET, "apply": record.get("apply") or {}}
     size = 64 if adaptive else 32
     image = torch.rand(1, 3, size, size + 8)
     if arbitrary:
         from .style_prediction import MULTIPLE
 
-        meta.update(arbitrary=True, style_size=stylizer.style_size, style_multiple=MULTIPLE, apply=stylizer.apply)
+        meta.update(arbitrary=True, style_size=stylizer.style_size, style_multiple=MULTIPLE)
         module, names = _Arbitrary(stylizer), ["image", "style", "strength"]
         args = (image, torch.rand(1, 3, 3 * MULTIPLE, 4 * MULTIPLE), torch.tensor([1.0]))
         dims = {"image": {2: torch.export.Dim("h4", min=2, max=8192) * 4, 3: torch.export.Dim("w4", min=2, max=8192) * 4},
@@ -135,7 +136,8 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
         dims = {"image": {2: torch.export.Dim("h4", min=2, max=8192) * 4, 3: torch.export.Dim("w4", min=2, max=8192) * 4},
                 "styles": None, "strength": None}
         if default:
-            module, names, dims = _Default(stylizer.net, meta["strength"], n), ["image"], {"image": dims["image"]}
+            module, names, dims = (_Default(stylizer.net, meta["strength"], n, mixing.calibrated(1.0, stylizer.apply)[0]),
+                                   ["image"], {"image": dims["image"]})
             args = ((image * 255).round().to(torch.uint8),)
             meta["default"] = True
     out = Path(out)
@@ -190,8 +192,8 @@ def _check(path: Path, stylizer, adaptive: bool, arbitrary: bool = False) -> flo
             if fast.meta.get("default"):  # uint8 in and out: compared in pixel levels, a level at most
                 weights, strength = torch.nn.functional.one_hot(torch.tensor(0), n).float(), 1.0
                 x8 = (x * 255).round().to(torch.uint8)
-                with torch.inference_mode():
-                    ref = stylizer(x8, weights, strength, dtype=torch.uint8)
+                with torch.inference_mode():  # the network alone, at the strength baked into the graph
+                    ref = stylizer(x8, weights, mixing.calibrated(1.0, stylizer.apply)[0], dtype=torch.uint8)
                 got = fast.stylize(x8.numpy(), weights.tolist(), strength)
                 levels = float((torch.from_numpy(got).int() - ref.int()).abs().max())
                 worst = max(worst, 0.0 if levels <= 1 else levels / 255)

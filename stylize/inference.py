@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import mixing, modelfile, tiling
+from . import mixing, modelfile, palette, tiling
 from .devices import pick_device
 from .errors import StylizeError
 from .images import load_image
@@ -43,6 +44,11 @@ class Stylizer:
         self.net = TransformerNet(NetConfig(**self.record["net"]))
         self.net.load_state_dict({k: v.float() for k, v in self.record["state_dict"].items()})
         self.net.eval().requires_grad_(False).to(self.device)
+        self.apply = self.record.get("apply") or {}  # how the file says it applies: mixing.calibrated
+
+    def palettes(self) -> list | None:
+        """The styles' colour statistics for the palette step (palette.recolour), in style order."""
+        return palette.colours(self.apply)
 
     def condition(self, specs: list[str] | None, mask: torch.Tensor | None = None, photo=None,
                   match_color: bool = False) -> torch.Tensor:
@@ -79,7 +85,15 @@ class Stylizer:
     wrap = staticmethod(torch.from_numpy)  # a decoded (3, H, W) uint8 array, as load() gives it (video.py)
 
     def run(self, x: torch.Tensor, cond, strength: float) -> torch.Tensor:
-        return self(x, cond, strength, dtype=torch.uint8)
+        """x at `strength` as the model file says it applies (mixing.calibrated): the network at its
+        calibrated strength, then the styles' palette (palette.recolour; per pixel with a mask)."""
+        mixing.check_strength(strength, self.name, self.has_strength)
+        network_strength, amount = mixing.calibrated(strength, self.apply)
+        y = self(x, cond, network_strength, dtype=torch.uint8)
+        targets = self.palettes() if amount else None
+        if targets:
+            y = torch.from_numpy(palette.recolour(y.numpy(), targets, np.asarray(cond), amount))
+        return y
 
     def tile_size(self, memory_mb: float | None = None) -> int:
         """The tile side that keeps one window of the network within the memory budget."""
@@ -157,7 +171,6 @@ class ArbitraryStylizer(Stylizer):
         self.features.to(self.device)
         self.style_size = style_size or p["style_size"]
         self.styles, self._embeddings, self._paintings = [], {}, {}
-        self.apply = record.get("apply") or {}  # mixing.calibrated
         self._palettes, self._matched = [], False
 
     def painting(self, path: str) -> torch.Tensor:
@@ -188,7 +201,6 @@ class ArbitraryStylizer(Stylizer):
     def condition(self, specs: list[str] | None, mask: torch.Tensor | None = None, photo=None,
                   match_color: bool = False) -> torch.Tensor:
         """Paintings (PATH or PATH=W) -> the baked network's style weights (N,), or (N, H, W) with a mask."""
-        from . import palette
         from .style_prediction import bake
 
         if not specs:
@@ -204,17 +216,9 @@ class ArbitraryStylizer(Stylizer):
             raise StylizeError("--mask needs exactly two --style values: the first paints the white region")
         return torch.stack([mask, 1 - mask])
 
-    def run(self, x: torch.Tensor, cond, strength: float) -> torch.Tensor:
-        """As Stylizer.run, at the strength the model file calibrates (mixing.calibrated), then the
-        paintings' palette (palette.recolour; per pixel with a mask)."""
-        from . import palette
-
-        mixing.check_strength(strength, self.name, self.has_strength)
-        network_strength, amount = mixing.calibrated(strength, self.apply)
-        y = super().run(x, cond, network_strength)
-        if amount and not self._matched:
-            y = torch.from_numpy(palette.recolour(y.numpy(), self._palettes, cond.numpy(), amount))
-        return y
+    def palettes(self) -> list | None:
+        """The paintings' own colours, unless they were given the photo's (--color-method match)."""
+        return None if self._matched else self._palettes
 
 
 class AdaINStylizer:

@@ -129,7 +129,8 @@ class OnnxStylizer:
         self.budget = 1 << 62 if self.adaptive and not self.arbitrary else budget_pixels(memory_mb, self.meta["width"])
         self._fallback, self._torch = fallback, None  # PyTorch stylizer for images over the budget
         self._style_cache: dict = {}
-        self.apply = self.meta.get("apply") or {}  # mixing.calibrated: arbitrary models
+        self.apply = self.meta.get("apply") or {}  # how the model applies: mixing.calibrated
+        self.colours = palette.colours(self.apply)  # a trained model's styles' palettes
 
     def stylize(self, x: np.ndarray, weights: list[float] | None = None, strength: float = 1.0,
                 style: np.ndarray | None = None) -> np.ndarray:
@@ -194,19 +195,21 @@ class OnnxStylizer:
             if self.arbitrary:  # the PyTorch stylizer bakes the painting into its own network
                 return self._torch.run(torch.from_numpy(x), self._torch.condition(self._specs), strength)
             return self._torch.run(torch.from_numpy(x), torch.tensor(cond), strength)
-        if self.meta.get("default"):
-            return self.stylize(x, cond, strength)  # uint8 in and out
-        photo = x.astype(np.float32) / 255
-        amount = 0.0
-        if self.adaptive:
-            style, colours = cond
-            strength, amount = mixing.calibrated(strength, self.apply)
-            y = self.stylize(photo, strength=strength, style=style)
+        network_strength, amount = mixing.calibrated(strength, self.apply)
+        targets, weights = self.colours, cond if cond is not None else [1.0] + [0.0] * (len(self.styles) - 1)
+        if self.meta.get("default"):  # uint8 in and out; the calibrated strength is in the graph
+            y = self.stylize(x, cond, strength)
         else:
-            y = self.stylize(photo, cond, strength)
-        y = y * 255
-        y = np.round(y, out=y).astype(np.uint8)  # in place: one photo-sized temporary fewer
-        return palette.recolour(y, [colours], [1.0], amount) if amount else y
+            photo = x.astype(np.float32) / 255
+            if self.adaptive:
+                style, colours = cond
+                targets, weights = [colours], [1.0]
+                y = self.stylize(photo, strength=network_strength, style=style)
+            else:
+                y = self.stylize(photo, cond, network_strength)
+            y = y * 255
+            y = np.round(y, out=y).astype(np.uint8)  # in place: one photo-sized temporary fewer
+        return palette.recolour(y, targets, weights, amount) if amount and targets else y
 
 
 def load(model: str | Path, style_size: int | None = ApplyConfig.style_size, memory_mb: float = ApplyConfig.memory_mb,

@@ -17,6 +17,7 @@ import numpy as np
 
 EPS = 1e-5
 _BAND = 256  # rows per band
+_SAMPLE = 250_000  # pixels an image's own statistics are taken from (recolour): 1024x768 -> every other pixel
 
 
 def _bands(image: np.ndarray):
@@ -32,11 +33,12 @@ def _unit(a: np.ndarray) -> np.ndarray:
 def stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean (3,) and covariance (3, 3) of a (3, H, W) image's colours, uint8 or float in [0, 1]."""
     n, s1, s2 = 0, np.zeros(3), np.zeros((3, 3))
+    scale = 255.0 if image.dtype == np.uint8 else 1.0
     for _, band in _bands(image):
-        f = _unit(band.reshape(3, -1))
-        n, s1, s2 = n + f.shape[1], s1 + f.sum(1), s2 + f @ f.T
-    mean = s1 / n
-    return mean, s2 / n - np.outer(mean, mean)
+        f = band.reshape(3, -1).astype(np.float32)  # float32 products, float64 sums: exact enough, fast
+        n, s1, s2 = n + f.shape[1], s1 + f.sum(1, dtype=np.float64), s2 + (f @ f.T).astype(np.float64)
+    mean = s1 / n / scale
+    return mean, s2 / n / scale ** 2 - np.outer(mean, mean)
 
 
 def _sqrtm(c: np.ndarray, inverse: bool = False) -> np.ndarray:
@@ -58,14 +60,38 @@ def recolour(image: np.ndarray, targets: list[tuple[np.ndarray, np.ndarray]], we
     if amount == 0:
         return image
     weights = np.asarray(weights, dtype=np.float64)
-    maps = [transfer(stats(image), t) for t in targets]
+    step = max(1, int((image.shape[1] * image.shape[2] / _SAMPLE) ** 0.5))  # a regular grid is enough for 12 numbers
+    source = stats(image[:, ::step, ::step])
+    maps = [transfer(source, t) for t in targets]
     out = np.empty_like(image)
-    for top, band in _bands(image):
+    if weights.ndim == 1:  # one affine map in pixel levels for the whole image: (1 - t) c + t (A c + b)
+        a = (1 - amount) * np.eye(3) + amount * sum(w * m[0] for w, m in zip(weights, maps))
+        b = amount * 255 * sum(w * m[1] for w, m in zip(weights, maps))
+        a, b = a.astype(np.float32), b.astype(np.float32)[:, None]
+        for top, band in _bands(image):
+            g = a @ band.reshape(3, -1).astype(np.float32)
+            g += b
+            np.clip(g, 0, 255, out=g)
+            out[:, top:top + band.shape[1]] = np.rint(g, out=g).reshape(band.shape)
+        return out
+    for top, band in _bands(image):  # per-pixel weights: each painting's map, mixed pixel by pixel
         f = _unit(band)
         moved = np.zeros_like(f)
         for i, (a, b) in enumerate(maps):
-            w = weights[i] if weights.ndim == 1 else weights[i, top:top + band.shape[1]]
-            moved += w * (np.einsum("ij,jhw->ihw", a, f) + b[:, None, None])
+            moved += weights[i, top:top + band.shape[1]] * (np.einsum("ij,jhw->ihw", a, f) + b[:, None, None])
         f += amount * (moved - f)
         out[:, top:top + band.shape[1]] = np.round(np.clip(f, 0, 1) * 255)
     return out
+
+
+def colours(apply: dict) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The styles' colour statistics a model file keeps for its palette step (record["apply"]
+    ["colours"]: one {"mean", "cov"} per style, in style order), or None."""
+    found = (apply or {}).get("colours")
+    return [(np.asarray(c["mean"], dtype=np.float64), np.asarray(c["cov"], dtype=np.float64)) for c in found] \
+        if found else None
+
+
+def as_record(stats_: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Colour statistics as a model file stores them (plain lists: JSON and the restricted unpickler)."""
+    return {"mean": [float(v) for v in stats_[0]], "cov": [[float(v) for v in row] for row in stats_[1]]}

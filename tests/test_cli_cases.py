@@ -101,6 +101,7 @@ def test_an_unwritable_cache_falls_back_to_pytorch(tmp_path, model, photo, monke
 
 
 @pytest.mark.skipif(not onnx_runtime.installed(), reason="onnxruntime not installed")
+@pytest.mark.slow
 def test_a_damaged_cached_graph_is_rebuilt(tmp_path, model, photo, monkeypatch):
     monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path / "cache"))
     args = ["apply", photo, "--model", model, "--runtime", "onnx", "--device", "cpu"]

@@ -47,6 +47,8 @@ TRAIN_ARGS = ["--width", "4", "--image-size", "32", "--style-size", "64", "--los
               "--checkpoint-every", "0", "--sample-every", "1000", "--workers", "0", "--seed", "0", "--no-strength",
               "--style-loss", "gram", "--lr-schedule", "constant", "--content-size", "0"]
 
+pytestmark = pytest.mark.slow  # every test here takes seconds (processes, ONNX exports): CI runs them
+
 
 def torchrun(home: Path, *args) -> subprocess.CompletedProcess:
     """The real entry point in two processes; a fresh HOME so that no user files are read."""

@@ -22,6 +22,8 @@ from stylize.networks import NetConfig, TransformerNet
 from stylize.settings import TrainConfig
 from stylize.training import model_record
 
+pytestmark = pytest.mark.slow  # every test here takes seconds (processes, ONNX exports): CI runs them
+
 
 @pytest.fixture(scope="module")
 def cin(tmp_path_factory):
@@ -135,3 +137,31 @@ def test_adaptive_models_export_too(tmp_path):
     assert report.max_difference < 1e-3
     meta = json.loads(__import__("onnx").load(str(report.path)).metadata_props[0].value)
     assert meta["kind"] == "adain" and meta["multiple"] == 8
+
+
+def test_a_calibrated_model_applies_alike_in_pytorch_and_both_onnx_graphs(cin, tmp_path):
+    """A model file whose "apply" says full_strength 0.8 and palette 0.5 with each style's colours:
+    --style-weight s runs the network at 0.8 s, then moves the output 0.5 s of the way to the styles'
+    palette; PyTorch, the general graph and the default graph (with 0.8 built in) agree."""
+    from stylize import modelfile, palette
+
+    rng = np.random.default_rng(0)
+    colours = [(rng.uniform(0.2, 0.8, 3), np.diag(rng.uniform(0.01, 0.05, 3))) for _ in range(3)]
+    rec = modelfile.load(cin)
+    rec["apply"] = {"full_strength": 0.8, "palette": 0.5, "colours": [palette.as_record(c) for c in colours]}
+    calibrated = modelfile.save(rec, tmp_path / "calibrated.pt")
+    torch_path, plain = Stylizer(calibrated, "cpu"), Stylizer(cin, "cpu")
+    general = onnx_runtime.OnnxStylizer(export_onnx(calibrated, tmp_path / "c.onnx").path)
+    default = onnx_runtime.OnnxStylizer(export_onnx(calibrated, tmp_path / "d.onnx", default=True).path)
+    photo = np.asarray(make_photo(5, 53, 37), dtype=np.uint8).transpose(2, 0, 1).copy()
+    x = torch.from_numpy(photo)
+    for specs, strength in ((None, 1.0), (["a=0.3", "c=0.7"], 0.6)):
+        weights = torch_path.condition(specs)
+        want = palette.recolour(plain.run(x, weights, 0.8 * strength).numpy(), colours, weights.numpy(), 0.5 * strength)
+        got = torch_path.run(x, weights, strength).numpy()
+        assert np.array_equal(got, want)
+        onnx = general.run(photo, general.condition(specs), strength)
+        assert np.abs(onnx.astype(int) - got.astype(int)).max() <= 1
+    got = default.run(photo, default.condition(None), 1.0)
+    assert np.abs(got.astype(int) - torch_path.run(x, torch_path.condition(None), 1.0).numpy().astype(int)).max() <= 1
+    assert np.array_equal(torch_path.run(x, torch_path.condition(None), 0.0).numpy(), photo)  # 0: the photo

@@ -19,7 +19,8 @@ def test_stats_in_bands_equal_the_whole_image(monkeypatch):
     x = image(0, 700)  # more rows than a band
     mean, cov = palette.stats(x)
     f = x.reshape(3, -1).astype(np.float64) / 255
-    assert np.allclose(mean, f.mean(1)) and np.allclose(cov, np.cov(f, bias=True), atol=1e-12)
+    # float32 products, float64 sums: measured 1e-8 off (6e-8 on a 12 MP photo) for entries of ~5e-3
+    assert np.allclose(mean, f.mean(1)) and np.abs(cov - np.cov(f, bias=True)).max() < 1e-6
     assert np.allclose(palette.stats(x.astype(np.float32) / 255)[1], cov, atol=1e-6)  # float input alike
 
 

@@ -113,6 +113,7 @@ def result_of(server, job_id: str, timeout: float = 60) -> Image.Image:
     raise AssertionError("job did not finish")
 
 
+@pytest.mark.slow
 def test_the_page_from_upload_to_download_in_a_browser(server, tmp_path):
     if not Path(CHROMIUM).exists():
         if REQUIRE_BROWSER:

@@ -103,6 +103,7 @@ def history(out: Path) -> list[dict]:
             for row in modelfile.load(run_dir(out) / "checkpoint.pt")["history"]]
 
 
+@pytest.mark.slow
 def test_cuda_levers_train_on_the_cpu_and_resume_exactly(tmp_path, photos_dir, style_path):
     plain = tiny_config(tmp_path / "plain", photos_dir, [style_path], iterations=4, width=4)
     train(plain)

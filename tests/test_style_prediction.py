@@ -87,6 +87,7 @@ def test_training_writes_a_self_describing_arbitrary_model(arbitrary_model):
     assert isinstance(load_stylizer(arbitrary_model, "cpu"), ArbitraryStylizer)
 
 
+@pytest.mark.slow
 def test_an_arbitrary_run_resumes_exactly(tmp_path, photos_dir, paintings):
     from stylize.training import run_dir, train
 
@@ -165,6 +166,7 @@ def test_network_adain_is_only_for_adaptive(tmp_path, photos_dir, style_path):
         train(tiny_config(tmp_path, photos_dir, [style_path], network="adain"))
 
 
+@pytest.mark.slow
 def test_efficientnet_model_exports_to_onnx_and_matches_pytorch(tmp_path, photos_dir, paintings):
     """The painting's features, embedding and network in one graph; the export checks itself against
     PyTorch (export.py), and a photo through ONNX Runtime matches the PyTorch path within a level."""

@@ -41,6 +41,7 @@ def photo_tensor(seed=11):
     return torch.from_numpy(__import__("numpy").asarray(im, dtype="float32") / 255).permute(2, 0, 1)
 
 
+@pytest.mark.slow
 def test_training_several_styles_makes_a_conditional_model(trio):
     s = Stylizer(trio, "cpu")
     assert s.record["net"]["norm"] == "conditional"

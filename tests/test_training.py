@@ -162,6 +162,7 @@ def test_train_k_then_resume_to_n(straight, tmp_path, photos_dir, style_path):
     assert_same_run(straight, snapshot(Path(cfg.out)))
 
 
+@pytest.mark.slow
 def test_a_cosine_run_resumes_exactly(tmp_path, photos_dir, style_path):
     # the rate follows the run's own iterations, so a resumed run is the straight one; an extended
     # one is not (its rate had already come down), which is why the tests above use a constant rate

@@ -7,6 +7,7 @@ writes, into --out:
   gallery_strength.jpg   the default model at strengths 0, 0.25, 0.5, 0.75, 1 (`--style-weight`)
   gallery_mix.jpg        the shipped multi-style model: two styles mixed in steps, then a mask
                          (left half one style, right half the other)
+  gallery_multi.jpg      every style of the shipped multi-style model (at half --size)
   gallery_arbitrary.jpg  the arbitrary-style model on textures made by tools/textures.py (ours, so
                          the picture can be shipped), each texture at the head of its column
 
@@ -30,7 +31,8 @@ from stylize.sheet import tile_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ["chelsea.jpg", "coffee.jpg", "rocket.jpg"]
-TEXTURES = [103, 111, 117, 129]  # tools/textures.py numbers; the arbitrary model trained on 0-23 only
+TEXTURES = [103, 111, 117, 129]
+MIX = ("starry_night", "composition_vii")  # two palettes far apart, for the mix and the mask  # tools/textures.py numbers; the arbitrary model trained on 0-23 only
 
 
 def shipped() -> list[dict]:
@@ -41,29 +43,42 @@ def styles_sheet(photos, models) -> Image.Image:
     singles = [m for m in models if m["kind"] == "transformer" and len(m["styles"]) == 1 and m["norm"] != "adaptive"]
     singles.sort(key=lambda m: (m["name"] != DEFAULT_MODEL, m["name"]))
     stylizers = [load_stylizer(m["path"], "cpu") for m in singles]
-    return tile_grid([[(to_pil(x), name)] + [(to_pil(s(x)), m["name"]) for s, m in zip(stylizers, singles)]
-                      for name, x in photos])
+    return tile_grid([[(to_pil(x), name)] + [(to_pil(s.run(x, s.condition(None), 1.0)), m["name"])
+                                             for s, m in zip(stylizers, singles)] for name, x in photos])
 
 
 def strength_sheet(name, x) -> Image.Image:
     s = load_stylizer(DEFAULT_MODEL, "cpu")
-    return tile_grid([[(to_pil(x), name)] + [(to_pil(s(x, None, k)), f"{DEFAULT_MODEL} @ {k:g}")
+    return tile_grid([[(to_pil(x), name)] + [(to_pil(s.run(x, s.condition(None), k)), f"{DEFAULT_MODEL} @ {k:g}")
                                               for k in (0.0, 0.25, 0.5, 0.75, 1.0)]])
 
 
-def mix_sheet(name, x, models) -> Image.Image | None:
+def multi_stylizer(models):
     multi = [m for m in models if m["kind"] == "transformer" and len(m["styles"]) > 1]
-    if not multi:
+    return load_stylizer(multi[0]["path"], "cpu") if multi else None
+
+
+def mix_sheet(name, x, models) -> Image.Image | None:
+    """Two styles of the multi-style model mixed in steps, then a mask (left one, right the other)."""
+    if (s := multi_stylizer(models)) is None:
         return None
-    s = load_stylizer(multi[0]["path"], "cpu")
-    a, b = s.styles[0], s.styles[1]
+    a, b = MIX if all(m in s.styles for m in MIX) else s.styles[:2]
     row = [(to_pil(x), name)]
     for w in (1.0, 0.75, 0.5, 0.25, 0.0):
-        row.append((to_pil(s(x, s.condition([f"{a}={w}", f"{b}={1 - w}"]))), f"{a} {w:g} / {b} {1 - w:g}"))
+        row.append((to_pil(s.run(x, s.condition([f"{a}={w}", f"{b}={1 - w}"]), 1.0)), f"{a} {w:g} / {b} {1 - w:g}"))
     mask = torch.zeros(x.shape[1:])
     mask[:, : x.shape[2] // 2] = 1
-    row.append((to_pil(s(x, s.condition([a, b], mask))), f"mask: {a} | {b}"))
+    row.append((to_pil(s.run(x, s.condition([a, b], mask), 1.0)), f"mask: {a} | {b}"))
     return tile_grid([row])
+
+
+def multi_sheet(name, x, models) -> Image.Image | None:
+    """Every style of the multi-style model, six to a row, after the photo."""
+    if (s := multi_stylizer(models)) is None:
+        return None
+    tiles = [(to_pil(s.run(x, s.condition([style]), 1.0)), style) for style in s.styles]
+    rows = [tiles[i:i + 6] for i in range(0, len(tiles), 6)]
+    return tile_grid([[(to_pil(x), name)] + rows[0]] + [[None] + r for r in rows[1:]])
 
 
 def arbitrary_sheet(photos, size: int) -> Image.Image:
@@ -97,6 +112,8 @@ def main() -> None:
     sheets = {"gallery_styles.jpg": styles_sheet(photos, models),
               "gallery_strength.jpg": strength_sheet(*photos[0]),
               "gallery_mix.jpg": mix_sheet(*photos[0], models),
+              "gallery_multi.jpg": multi_sheet(photos[2][0], load_image(ROOT / "examples" / photos[2][0],
+                                                                          max_size=args.size // 2)[0], models),
               "gallery_arbitrary.jpg": arbitrary_sheet(photos, args.size)}
     for name, sheet in sheets.items():
         if sheet is None:

@@ -1,15 +1,18 @@
-"""How an arbitrary-style model should apply: the network's strength at --style-weight 1, and how much
-of the painting's palette the output then takes (mixing.calibrated, palette.recolour).
+"""How a model should apply: the network's strength at --style-weight 1, and how much of the
+painting's palette the output then takes (mixing.calibrated, palette.recolour).
 
-A style-prediction network trained on a few dozen paintings on a CPU learns their marks better than
-their palettes, and at its full strength its marks bury the photo. This grid measures, on photos and
-paintings that are neither trained on nor held out for the model card, every pair of a network
+A network trained for minutes on a CPU can overshoot (its marks bury the photo at full strength) or
+fall short of the painting's palette. This grid measures, on photos (and, for the arbitrary model,
+paintings) that are neither trained on nor held out for the model card, every pair of a network
 strength and a palette amount: quality.py's style_match and structure, and a picture. The chosen
 pair is written into a copy of the model file ("apply"), which `stylize apply` then follows.
 
-  python studies/arbitrary_calibration.py --model weights/arbitrary.pt --photos P [P ...] \
-      --paintings S [S ...] --out-dir runs/calibration [--strengths 1,0.8,0.6,0.5,0.4] [--amounts 0,0.5,1]
-  python studies/arbitrary_calibration.py --model weights/arbitrary.pt --set 0.5 1.0 --write calibrated.pt
+For the arbitrary-style model, --paintings are any paintings (given at apply time); for a trained
+model they are its own paintings, one per style in the model's order, whose colours the file keeps.
+
+  python studies/calibration.py --model weights/arbitrary.pt --photos P [P ...] --paintings S [S ...] \
+      --out-dir runs/calibration [--strengths 1,0.8,0.6,0.5,0.4] [--amounts 0,0.5,0.75,1]
+  python studies/calibration.py --model MODEL --set 0.5 1.0 --write calibrated.pt [--paintings S ...]
 """
 from __future__ import annotations
 
@@ -25,23 +28,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from bench.common import QUALITY, load_quality, side_by_side  # noqa: E402
 from stylize import modelfile, palette  # noqa: E402
 from stylize.images import save_image  # noqa: E402
-from stylize.inference import ArbitraryStylizer  # noqa: E402
+from stylize.images import load_image  # noqa: E402
+from stylize.inference import ArbitraryStylizer, Stylizer  # noqa: E402
+
+
+def painting_colours(record: dict, paintings: list[Path]) -> list:
+    """A trained model's styles' colour statistics, from its paintings at its training style size."""
+    if len(paintings) != len(record["styles"]):
+        raise SystemExit(f"give one painting per style ({len(record['styles'])}: {', '.join(record['styles'])})")
+    size = record.get("train", {}).get("style_size") or 1024
+    return [palette.stats(load_image(p, size)[0].numpy()) for p in paintings]
 
 
 def grid(args) -> dict:
     score = load_quality(args.quality)
     record = modelfile.load(args.model)
     record.pop("apply", None)  # the network alone: this grid is what chooses its calibration
-    s = ArbitraryStylizer(record, "cpu")
+    arbitrary = bool(record["net"].get("style_dim"))
+    s = ArbitraryStylizer(record, "cpu") if arbitrary else Stylizer(record, "cpu")
+    own = None if arbitrary else painting_colours(record, args.paintings)
     strengths = [float(v) for v in args.strengths.split(",")]
     amounts = [float(v) for v in args.amounts.split(",")]
     results: dict[str, list[dict]] = {}
     rows = []
-    for painting in args.paintings:
+    for k, painting in enumerate(args.paintings):
         for photo in args.photos:
             x, _ = s.load(photo)
-            cond = s.condition([str(painting)], None, x)
-            target = palette.stats(s.painting(str(painting)).numpy())
+            cond = s.condition([str(painting)] if arbitrary else [record["styles"][k]], None, x)
+            target = palette.stats(s.painting(str(painting)).numpy()) if arbitrary else own[k]
             row = [photo]
             for strength in strengths:
                 with torch.inference_mode():
@@ -86,6 +100,8 @@ def main(argv=None) -> None:
             ap.error("--set needs --write FILE")
         record = modelfile.load(args.model)
         record["apply"] = {"full_strength": args.set[0], "palette": args.set[1]}
+        if not record["net"].get("style_dim"):  # a trained model keeps its paintings' colours
+            record["apply"]["colours"] = [palette.as_record(c) for c in painting_colours(record, args.paintings)]
         print(f"wrote {modelfile.save(record, args.write)}")
         return
     if not args.photos or not args.paintings:
