@@ -197,7 +197,7 @@ def apply(
     inputs: List[str] = typer.Argument(..., metavar="PHOTO", help="Photos, folders (recursive) or globs."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model name (see `stylize models`) or file [default: {A.model}, or {DEFAULT_ADAPTIVE_MODEL} when --style is an image]."),
     style: Optional[List[str]] = typer.Option(None, "--style", "-s", metavar="STYLE", help="A style of the model (name or index), or a style image for adaptive models; NAME=W mixes."),
-    style_weight: float = typer.Option(A.style_weight, "--style-weight", "--strength", help="Style strength in [0, 1]; 0 gives back the photo (adaptive: the paper's alpha)."),
+    strength: float = typer.Option(A.strength, "--style-weight", "--strength", help="Style strength in [0, 1]; 0 gives back the photo (adaptive: the paper's alpha)."),
     style_size: Optional[int] = typer.Option(A.style_size, min=16, help="Adaptive models: longest side the style image is "
                                              "encoded at (scales the strokes) [default: the model's; AdaIN: 512]."),
     preserve_color: bool = typer.Option(False, help="Keep the photo's colours."),
@@ -230,7 +230,7 @@ stylized frame by frame with its sound kept, one video per command."""
         paintings = style and any(Path(style_image(s)[0]).suffix.lower() in IMAGE_EXTENSIONS for s in style)
         model = DEFAULT_ADAPTIVE_MODEL if paintings else A.model
     _choice(color_method, ("luminance", "match"), "--color-method")  # color.COLOR_METHODS, without torch
-    check_strength(style_weight)
+    check_strength(strength)
     if 0 < tile < MIN_TILE:
         raise StylizeError(f"--tile {tile}: give 0 (tiles only where they are needed) or at least {MIN_TILE} px")
     from .video import is_video
@@ -268,7 +268,7 @@ stylized frame by frame with its sound kept, one video per command."""
             tile_bar.close()
             tile_bar = None
 
-    config = ApplyConfig(model=model, styles=style, style_weight=style_weight, mask=str(mask) if mask else None,
+    config = ApplyConfig(model=model, styles=style, strength=strength, mask=str(mask) if mask else None,
                          preserve_color=preserve_color, color_method=color_method, skip_existing=skip_existing,
                          style_size=style_size, max_size=max_size, tile=tile, memory_mb=memory,
                          out_dir=str(out_dir), quality=quality, device=device, runtime=runtime, smooth=smooth)

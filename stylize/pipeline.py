@@ -46,8 +46,8 @@ def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = No
     why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if c.mask else
            "--tile" if c.tile else "--preserve-color" if c.preserve_color else None)
     if why is None:
-        default = not c.styles and c.style_weight == 1.0  # transformer models have a faster graph for it
-        fast = onnx_runtime.load(c.model, c.style_size, c.memory_mb, notice, torch_stylizer, default, c.style_weight)
+        default = not c.styles and c.strength == 1.0  # transformer models have a faster graph for it
+        fast = onnx_runtime.load(c.model, c.style_size, c.memory_mb, notice, torch_stylizer, default, c.strength)
         if not isinstance(fast, onnx_runtime.OnnxStylizer) or not (fast.adaptive and c.styles and len(c.styles) > 1):
             return fast  # (or the PyTorch one, where the ONNX cache cannot be written)
         why = "style interpolation"
@@ -222,7 +222,7 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], config: A
     still written, then Interrupted is raised with the report.
     """
     c = config or ApplyConfig()
-    styles, strength, mask, max_size, match_color = c.styles, c.style_weight, c.mask, c.max_size, c.match_color
+    styles, strength, mask, max_size, match_color = c.styles, c.strength, c.mask, c.max_size, c.match_color
     pairs = inputs if inputs and isinstance(inputs[0], tuple) else plan(inputs, out, Path(c.out_dir))
     pairs = pairs[share[0]::share[1]]  # before stale .part files go: not others'
     items, paths = [(src, None) for src, _ in pairs], [dst for _, dst in pairs]

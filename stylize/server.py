@@ -122,7 +122,7 @@ class Studio:
         return self._stylizers[key]
 
     def _request(self, model: str, styles, strength: float) -> ApplyConfig:
-        return ApplyConfig(model=model, styles=styles, style_weight=strength, max_size=self.max_size,
+        return ApplyConfig(model=model, styles=styles, strength=strength, max_size=self.max_size,
                            device=self.device, runtime=self.runtime)
 
     _current: Job | None = None

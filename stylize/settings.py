@@ -103,7 +103,7 @@ class ApplyConfig:
     model: str = DEFAULT_MODEL
     # the model's styles to use, NAME=W mixes, or paintings for adaptive models; None: the model's default
     styles: list[str] | None = None
-    style_weight: float = 1.0  # style strength in [0, 1]: 0 gives back the photo
+    strength: float = 1.0  # --style-weight (or --strength): in [0, 1], 0 gives back the photo
     mask: str | None = None  # greyscale image: white gets the first style, black the second
     preserve_color: bool = False  # keep the photo's colours
     color_method: str = "luminance"  # with preserve_color: luminance (any model) or match (adaptive: recolour the painting)

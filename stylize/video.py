@@ -191,7 +191,7 @@ def stylize_video(stylizer, src: str | Path, dst: str | Path, config: ApplyConfi
 
     src, dst = Path(src), Path(dst)
     c = config or ApplyConfig()
-    styles, strength, max_size, match_color = c.styles, c.style_weight, c.max_size, c.match_color
+    styles, strength, max_size, match_color = c.styles, c.strength, c.max_size, c.match_color
     check(src, dst)
     mixing.check_strength(strength, stylizer.name, stylizer.has_strength)
     damping = Damping(c.smooth)

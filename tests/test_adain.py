@@ -99,6 +99,7 @@ def test_match_colors_gives_the_style_the_photo_palette():
     assert torch.allclose(torch.cov(f), torch.cov(g), atol=0.01)
 
 
+@pytest.mark.slow
 def test_trained_adaptive_model_is_self_describing_and_applies_any_style(adain_model, tmp_path):
     s = load_stylizer(adain_model, "cpu")
     assert isinstance(s, AdaINStylizer)

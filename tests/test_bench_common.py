@@ -22,6 +22,7 @@ def common():
     return module
 
 
+@pytest.mark.slow
 def test_every_script_imports_from_outside_the_checkout(tmp_path):
     # moved scripts and shared helpers: a broken import shows here, not months later in a rerun
     assert len(SCRIPTS) >= 15

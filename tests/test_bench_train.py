@@ -21,6 +21,7 @@ def bench():
 
 
 @pytest.mark.usefixtures("fast_random_vgg")
+@pytest.mark.slow
 def test_bench_train_writes_plain_and_stylize_rows(bench, tmp_path, capsys):
     out = tmp_path / "rows.json"
     bench.main(["--device", "cpu", "--size", "32", "--batch", "2", "--iterations", "3", "--warmup", "1",

@@ -49,6 +49,7 @@ def pixels(path) -> np.ndarray:
 
 # ---------------------------------------------------------------- train
 
+@pytest.mark.slow
 def test_train_writes_a_model_and_run_folder(tmp_path, photos_dir, style_path, style_path2):
     out = tmp_path / "models" / "duo.pt"
     result = invoke("train", "--style", style_path, "--style", style_path2, "--content", photos_dir,

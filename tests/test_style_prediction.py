@@ -143,6 +143,7 @@ def test_tiled_equals_untiled(arbitrary_model, paintings):
     assert 10 * np.log10(1 / max(mse, 1e-12)) > 50
 
 
+@pytest.mark.slow
 def test_cli_any_painting_and_clear_errors(arbitrary_model, paintings, tmp_path):
     photo = tmp_path / "photo.png"
     make_photo(2).save(photo)
