@@ -169,6 +169,7 @@ def describe(obj: dict) -> dict:
         "iterations": obj.get("iteration", train.get("iterations")),
         "image_size": train.get("image_size"),
         "metrics": obj.get("metrics", {}),
+        "apply": {k: v for k, v in (obj.get("apply") or {}).items() if k != "colours"},  # mixing.calibrated
         "versions": obj.get("versions", {}),
         "checkpoint": "optimizer" in obj,
     }

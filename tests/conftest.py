@@ -28,6 +28,17 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:Converting a tensor with requires_grad=True:UserWarning")
 
 
+def load_script(relative: str):
+    """A script of the checkout (bench/, studies/) as a module, without running its main."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_photo(seed: int, width: int = 48, height: int = 40) -> Image.Image:
     """A photo-like RGB image: smooth gradients, a few flat shapes and a little noise."""
     rng = np.random.default_rng(seed)

@@ -1,26 +1,21 @@
 """studies/adain_eval.py: the untrained decoder is the one training started from; the report is complete."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import load_script, tiny_config
 from stylize import modelfile, training
 from stylize.training import run_dir, train
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("study_adain_eval", ROOT / "studies" / "adain_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("studies/adain_eval.py")
 
 
 def test_untrained_decoder_is_trainings_start_and_report_has_every_row(bench, tmp_path, photos_dir, style_path,

@@ -1,13 +1,14 @@
 """bench/common.py, and every benchmark and study script importable from a fresh clone."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,10 +17,7 @@ SCRIPTS = sorted([*ROOT.glob("bench/*.py"), *ROOT.glob("studies/*.py")])
 
 @pytest.fixture(scope="module")
 def common():
-    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/common.py")
 
 
 @pytest.mark.slow

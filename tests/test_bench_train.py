@@ -1,23 +1,19 @@
 """bench/train.py runs end to end on the CPU with tiny settings and writes the rows the issue asks for."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_script
+
 REQUIRED = {"device", "model", "size", "batch", "path", "per_second", "peak_memory_mb"}
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/train.py")
 
 
 @pytest.mark.usefixtures("fast_random_vgg")
