@@ -187,6 +187,11 @@ def make_app(studio: Studio):
     async def create(request: Request):
         size = request.headers.get("content-length")
         if size is None or int(size) > studio.max_bytes + 65536:  # the form's own fields: a few hundred bytes
+            if size is not None and int(size) <= 8 * studio.max_bytes:
+                # read it away first: a server that answers and closes with the upload unread resets the
+                # connection, and the client then sees a reset instead of this answer
+                async for _ in request.stream():
+                    pass
             return refuse(413, f"upload larger than {studio.max_bytes >> 20} MB")
         async with request.form(max_files=2, max_fields=4, max_part_size=studio.max_bytes) as form:
             photo, painting = form.get("photo"), form.get("painting")
