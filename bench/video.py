@@ -22,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stylize import onnx_runtime  # noqa: E402
+from stylize import graphs  # noqa: E402
 from stylize.video import STILL, Damping, Flicker, _size  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stylizer = onnx_runtime.load(args.model, default=True)
+    stylizer = graphs.load(args.model, default=True)
     results = {}
     for clip in args.clips:
         photos = frames_of(clip, args.max_size, args.frames)

@@ -175,17 +175,17 @@ def train(
 
 def _graph_ahead(model: Path) -> None:
     """Export a new model's graph for CPU apply now, while its user expects to wait, rather than at
-    its first `stylize apply` (onnx_runtime.py); where apply would not use ONNX Runtime, nothing."""
+    its first `stylize apply` (graphs.py); where apply would not use ONNX Runtime, nothing."""
     import os
 
-    from . import modelfile, onnx_runtime
+    from . import graphs, modelfile, onnx_runtime
 
     if os.environ.get("STYLIZE_RUNTIME", A.runtime) == "torch" or not onnx_runtime.installed() or \
-            onnx_runtime.accelerator_present() or onnx_runtime.cache_problem():
+            onnx_runtime.accelerator_present() or graphs.cache_problem():
         return
     adaptive = modelfile.describe(modelfile.read_record(model))["norm"] == "adaptive"  # these always take a painting
     try:
-        onnx_runtime.cached_graph(model, typer.echo, default=not adaptive)
+        graphs.cached_graph(model, typer.echo, default=not adaptive)
     except StylizeError as e:  # the model is written; apply will say this again, or use PyTorch
         typer.echo(f"note: {e}", err=True)
 

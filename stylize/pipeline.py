@@ -31,7 +31,7 @@ def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = No
     """The stylizer for a request: ONNX Runtime on the CPU where it covers the request (faster start
     and forward, onnx_runtime.py), else PyTorch (masks, tiles, colour preservation, interpolating
     paintings, GPUs). `config.runtime` "onnx" refuses what ONNX Runtime does not cover; "torch" never uses it."""
-    from . import onnx_runtime
+    from . import graphs, onnx_runtime
 
     c = config
 
@@ -47,7 +47,7 @@ def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = No
            "--tile" if c.tile else "--preserve-color" if c.preserve_color else None)
     if why is None:
         default = not c.styles and c.strength == 1.0  # transformer models have a faster graph for it
-        fast = onnx_runtime.load(c.model, c.style_size, c.memory_mb, notice, torch_stylizer, default, c.strength)
+        fast = graphs.load(c.model, c.style_size, c.memory_mb, notice, torch_stylizer, default, c.strength)
         if not isinstance(fast, onnx_runtime.OnnxStylizer) or not (fast.adaptive and c.styles and len(c.styles) > 1):
             return fast  # (or the PyTorch one, where the ONNX cache cannot be written)
         why = "style interpolation"

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from stylize import modelfile, onnx_runtime, pipeline
+from stylize import graphs, modelfile, onnx_runtime, pipeline
 from stylize.cli import app
 from stylize.training import run_dir
 
@@ -106,7 +106,7 @@ def test_a_damaged_cached_graph_is_rebuilt(tmp_path, model, photo, monkeypatch):
     monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path / "cache"))
     args = ["apply", photo, "--model", model, "--runtime", "onnx", "--device", "cpu"]
     assert invoke(*args, "--out", tmp_path / "first.png").exit_code == 0
-    graph = onnx_runtime.graph_path(model, default=True)
+    graph = graphs.graph_path(model, default=True)
     graph.write_bytes(graph.read_bytes()[:100])  # a truncated file, as after a full disk
     result = invoke(*args, "--out", tmp_path / "second.png")
     assert result.exit_code == 0, result.output
@@ -118,7 +118,7 @@ def test_the_cache_keeps_the_most_recent_graphs_within_its_size(tmp_path):
     for i, name in enumerate(["old", "mid", "new"]):
         (tmp_path / f"{name}.onnx").write_bytes(b"\0" * 400_000)
         os.utime(tmp_path / f"{name}.onnx", (1000 + i, 1000 + i))
-    onnx_runtime._prune(tmp_path, keep=tmp_path / "new.onnx", limit_mb=1.0)
+    graphs._prune(tmp_path, keep=tmp_path / "new.onnx", limit_mb=1.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.onnx", "new.onnx"]
 
 

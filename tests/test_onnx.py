@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import make_photo
-from stylize import modelfile, onnx_runtime
+from stylize import graphs, modelfile, onnx_runtime
 from stylize.cli import app
 from stylize.errors import StylizeError
 from stylize.export import export_onnx
@@ -87,7 +87,7 @@ def test_cli_apply_runs_the_default_graph_only_for_the_default_request(cin, tmp_
 
 def test_cli_apply_uses_the_cached_graph_without_importing_torch(cin, tmp_path, monkeypatch):
     monkeypatch.setenv("STYLIZE_CACHE", str(tmp_path / "cache"))
-    onnx_runtime.cached_graph(cin)  # what a first apply does
+    graphs.cached_graph(cin)  # what a first apply does
     make_photo(1, 61, 45).save(tmp_path / "p.png")
     code = ("import sys; from stylize.cli import main; sys.argv = sys.argv[1:]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"

@@ -1,5 +1,5 @@
 """Export the shipped models' ONNX graphs ahead of time into weights/onnx/, so that a user's first
-`stylize apply` with a shipped model runs at once instead of exporting for seconds (onnx_runtime.py
+`stylize apply` with a shipped model runs at once instead of exporting for seconds (graphs.py
 looks beside a model before its cache). Run it after retraining a shipped model; graphs of models
 no longer shipped are removed. tests/test_readme.py checks that every shipped model has its graph.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from stylize import modelfile
 from stylize.export import export_onnx
-from stylize.onnx_runtime import SHIPPED_GRAPHS, shipped_graph
+from stylize.graphs import SHIPPED_GRAPHS, shipped_graph
 
 
 def wanted(model: Path) -> list[Path]:
