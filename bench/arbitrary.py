@@ -10,6 +10,7 @@ Both tools write PNG at the photo's full size (the peer stylizes at 384 px and u
 the full size). Quality: ../shared/tools/quality.py (style_match, structure) per photo and painting.
 "Follows the painting": for each photo, the mean absolute difference (0-255) between the outputs for
 every two paintings; the issue's yardstick was 14 for the old AdaIN preview against 53 for the peer.
+The same for the marks alone (mark_difference): luminance less its blur, both tools' outputs at 384 px.
 The grid `grid.jpg` has a row per photo: the photo, then per painting stylize's output and the peer's,
 under a first row of the paintings. Speed: whole processes at the --speed-photo's size, alternating
 the tools, median of --runs after a warm-up (which fills stylize's ONNX cache).
@@ -41,6 +42,24 @@ def ours(photo: Path, style: Path, out: Path, model: str) -> list[str]:
 def differences(outputs: list[Path]) -> float:
     """Mean |a - b| (0-255) over every pair of outputs (same photo, different paintings)."""
     ims = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in outputs]
+    return float(np.mean([np.abs(a - b).mean() for a, b in itertools.combinations(ims, 2)]))
+
+
+def marks(path: Path, side: int = 384) -> np.ndarray:
+    """The output's marks without its colours: luminance less its blur (radius 2), at `side` px (the
+    peer's working size, so its upscaled softness neither helps nor hurts it)."""
+    from PIL import ImageFilter
+
+    im = Image.open(path).convert("L")
+    im.thumbnail((side, side), Image.LANCZOS)
+    return (np.asarray(im, dtype=np.float32)
+            - np.asarray(im.filter(ImageFilter.GaussianBlur(2)), dtype=np.float32))
+
+
+def mark_differences(outputs: list[Path]) -> float:
+    """Mean |a - b| (0-255) of the marks (see marks) over every pair of outputs (same photo, different
+    paintings): how much the brushwork, not the palette, follows the painting."""
+    ims = [marks(p) for p in outputs]
     return float(np.mean([np.abs(a - b).mean() for a, b in itertools.combinations(ims, 2)]))
 
 
@@ -104,6 +123,8 @@ def main(argv=None) -> dict:
             "structure": round(statistics.mean(f["structure"] for f in figs), 4),
             "painting_to_painting_difference": round(statistics.mean(
                 differences([cells[p, s, t] for s in args.paintings]) for p in args.photos), 2),
+            "mark_difference": round(statistics.mean(
+                mark_differences([cells[p, s, t] for s in args.paintings]) for p in args.photos), 2),
             "per_painting": per_painting,
         }
     grid(args.photos, args.paintings, cells, args.out_dir / "grid.jpg")

@@ -98,7 +98,12 @@ def train(
     tv_weight: float = typer.Option(T.tv_weight, min=0, help="Weight of the total-variation loss."),
     color_weight: float = typer.Option(T.color_weight, min=0, help="Weight of the palette term (output colours distributed as the style's)."),
     pixel_weight: float = typer.Option(T.pixel_weight, min=0, help="Pull of low-strength outputs toward the photo."),
+    jitter: float = typer.Option(T.jitter, min=0, max=0.5, help="The loss network sees outputs at a random scale "
+                                 "and shift this large (0.1: 10%); against fine patterns that only fool it."),
     lr: float = typer.Option(T.lr, min=0),
+    style_lr_scale: Optional[float] = typer.Option(T.style_lr_scale, min=0, help="Learning-rate multiple of what "
+                                                   "depends on the style: several styles' tables; for --norm adaptive, "
+                                                   "the style predictor [default: 10; 4 for --norm adaptive]."),
     lr_schedule: str = typer.Option(T.lr_schedule, help="cosine (down to lr/10 at the end) or constant."),
     loss_net: str = typer.Option(T.loss_net, help=f"Perceptual network: {', '.join(LOSS_NETS)} (auto: vgg16 "
                                  "where its ImageNet weights are at hand, else efficientnet-lite0)."),
@@ -107,7 +112,7 @@ def train(
     device: str = typer.Option(T.device, help=f"{', '.join(DEVICES)}."),
     seed: int = typer.Option(T.seed),
     checkpoint_every: int = typer.Option(T.checkpoint_every, min=0, help="Iterations between checkpoints (0: only at the end)."),
-    sample_every: int = typer.Option(T.sample_every, min=1, help="Iterations between sample grids."),
+    sample_every: int = typer.Option(T.sample_every, min=0, help="Iterations between sample grids (0: only at the end)."),
     workers: int = typer.Option(T.workers, help="Data loader processes (-1: 4 on CUDA, 0 on CPU)."),
     levers: str = typer.Option(T.levers, help="Speed levers: auto (every one but compile on CUDA, none "
                                "elsewhere), none, all, or names such as bf16,channels_last (see stylize/speed.py)."),
@@ -130,6 +135,7 @@ def train(
                       norm=norm, network=network, width=width, strength=strength, iterations=iterations, batch_size=batch_size,
                       image_size=image_size, content_size=content_size, style_size=style_size, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight, color_weight=color_weight, pixel_weight=pixel_weight, lr=lr,
+                      style_lr_scale=style_lr_scale, jitter=jitter,
                       lr_schedule=lr_schedule, loss_net=loss_net, vgg_weights=str(vgg_weights) if vgg_weights else None,
                       style_loss=style_loss, device=device, seed=seed, checkpoint_every=checkpoint_every,
                       sample_every=sample_every, workers=workers, levers=levers)

@@ -36,6 +36,8 @@ DEFAULT_ADAPTIVE_MODEL = "arbitrary"  # shipped too: used when --style is an ima
 # longest side of the style image when its statistics are taken, when the settings name none: a fixed
 # style's once at the start; an arbitrary-style network's painting every step, so smaller
 STYLE_SIZE = {"fixed": 1024, "adaptive": 384}
+# learning-rate multiple of what depends on the style, when the settings name none (TrainConfig.style_lr_scale)
+STYLE_LR_SCALE = {"fixed": 10.0, "adaptive": 4.0}
 
 
 def style_loss_for(loss_net: str, style_loss: str) -> str:
@@ -65,8 +67,12 @@ class TrainConfig:
     # pulls low-strength outputs to the photo (only with strength); about the style weight, so that
     # strength 0.5 looks half-way (with 10 against 100, 0.25 already gave 60% of the full change)
     pixel_weight: float = 100.0
+    jitter: float = 0.0  # the loss network sees outputs and photos at a random scale and shift (losses.draw_view)
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
-    style_lr_scale: float = 10.0  # several styles (CIN): learning-rate multiple of the per-style tables
+    # learning-rate multiple of what depends on the style: several styles' (CIN) tables; for
+    # --norm adaptive, the predictor's bottleneck and projections (on top of their fan-in scaling).
+    # None: STYLE_LR_SCALE
+    style_lr_scale: float | None = None
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # one of LR_SCHEDULES
     loss_net: str = "auto"  # one of LOSS_NETS; a run records the one it resolved to

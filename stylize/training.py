@@ -23,10 +23,11 @@ from .devices import pick_device
 from .data import batches, content_files, load_style, style_files
 from .errors import StylizeError
 from .images import load_image, save_image
-from .losses import PerceptualLoss
+from .losses import PerceptualLoss, draw_view
 from .networks import NetConfig, TransformerNet
 from .norms import Condition
-from .settings import LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_SIZE, TrainConfig, style_loss_for
+from .settings import (LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_LR_SCALE, STYLE_SIZE, TrainConfig,
+                       style_loss_for)
 from .vgg import loss_network, resolve_loss_net
 
 
@@ -209,13 +210,14 @@ class TransformerRecipe:
         style_index = torch.randint(n_styles, (b,), generator=draws)  # drawn even for a skipped batch,
         strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # so resume stays in step
         directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
+        theta = draw_view(self.cfg.jitter, draws)  # drawn only when jittered: older runs resume in step
         if x is None:
             return None, 0
         style_index, strength = self.shard.part(style_index), self.shard.part(strength)
         si, st = style_index[:len(x)].to(self.device), strength[:len(x)].to(self.device)
         cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.strength else None)
         y = self.model(x, cond)
-        return self.loss(y, x, si, st, self.weights, directions), len(x)
+        return self.loss(y, x, si, st, self.weights, directions, theta), len(x)
 
     def param_groups(self) -> list[dict]:
         """Departure from Dumoulin et al. (who train 40,000 steps): with several styles, the per-style
@@ -363,11 +365,12 @@ class PredictionRecipe:
         if self.cfg.color_weight:
             self.loss.set_colors([painting.to(self.device)])
         directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
+        theta = draw_view(self.cfg.jitter, draws)
         if x is None:
             return None, 0
         strength = self.shard.part(strength)[:len(x)].to(self.device)
         y = self.model(x, features, strength if self.cfg.strength else None)
-        return self.loss(y, x, None, strength, self.weights, directions), len(x)
+        return self.loss(y, x, None, strength, self.weights, directions, theta), len(x)
 
     @torch.no_grad()
     def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
@@ -385,13 +388,15 @@ class PredictionRecipe:
         equal steps per weight add up and move them a hundred times faster than a trained table's;
         within 200 steps the unnormalized layers of the light network amplified them into overflow.
         Each of those layers learns at the rate divided by the square root of its inputs (as
-        StyleGAN's equalized learning rate): stable, and still following the paintings."""
+        StyleGAN's equalized learning rate): stable, and still following the paintings. On top of
+        that, cfg.style_lr_scale multiplies both, as it does the tables of several styles."""
         project = [p for n, p in self.net.transformer.named_parameters() if ".project." in n]
         rest = [p for n, p in self.net.transformer.named_parameters() if ".project." not in n]
         bottleneck = self.net.predictor.bottleneck
+        k = self.cfg.style_lr_scale
         return [{"params": rest},
-                {"params": project, "lr_scale": self.cfg.style_dim ** -0.5},
-                {"params": list(bottleneck.parameters()), "lr_scale": bottleneck.in_features ** -0.5}]
+                {"params": project, "lr_scale": k * self.cfg.style_dim ** -0.5},
+                {"params": list(bottleneck.parameters()), "lr_scale": k * bottleneck.in_features ** -0.5}]
 
     def load(self, ckpt: dict) -> None:
         self.net.transformer.load_state_dict(ckpt["state_dict"])
@@ -399,9 +404,11 @@ class PredictionRecipe:
 
 
 # What a resumed run may change (--lr, the loss weights, --iterations to extend it, where it writes);
-# the rest (network, styles, photos, loss network...) would make it another run.
-RESUMABLE = ("iterations", "out", "content", "lr", "lr_schedule", "content_weight", "style_weight", "tv_weight",
-             "color_weight", "pixel_weight", "device", "checkpoint_every", "sample_every", "workers", "levers")
+# the rest (network, styles, photos, loss network...) would make it another run. A model for any
+# painting may also go on with more paintings (train()).
+RESUMABLE = ("iterations", "out", "content", "lr", "lr_schedule", "style_lr_scale", "content_weight", "style_weight",
+             "tv_weight", "color_weight", "pixel_weight", "jitter", "device", "checkpoint_every", "sample_every",
+             "workers", "levers")
 
 
 def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
@@ -424,11 +431,13 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
                                f"{run_dir(Path(resume))}/checkpoint.pt")
         run = TrainConfig.from_dict(ckpt["train"])
         given = {"iterations"} if overrides is None else set(overrides)
-        fixed = sorted(k for k in given - set(RESUMABLE) if getattr(cfg, k) != getattr(run, k))
+        # a model for any painting has no per-painting weights: it may go on with more paintings
+        resumable = set(RESUMABLE) | ({"style"} if run.norm == "adaptive" else set())
+        fixed = sorted(k for k in given - resumable if getattr(cfg, k) != getattr(run, k))
         if fixed:
             flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise StylizeError(f"{resume}: a resumed run keeps its {flags}; start a new run to change that")
-        cfg = replace(run, **{k: getattr(cfg, k) for k in given & set(RESUMABLE)})
+        cfg = replace(run, **{k: getattr(cfg, k) for k in given & resumable})
         if cfg.iterations <= ckpt["iteration"]:
             raise StylizeError(f"{resume}: the run is already at iteration {ckpt['iteration']} of {cfg.iterations}; "
                                f"pass --iterations N (over {ckpt['iteration']}) to train it further")
@@ -447,7 +456,9 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
     content_layers, style_layers = LOSS_NET_LAYERS[loss_net]
     cfg = replace(cfg, loss_net=loss_net, style_loss=style_loss_for(loss_net, cfg.style_loss),
                   content_layers=cfg.content_layers or content_layers, style_layers=cfg.style_layers or style_layers,
-                  style_size=cfg.style_size or STYLE_SIZE["adaptive" if cfg.norm == "adaptive" else "fixed"])
+                  style_size=cfg.style_size or STYLE_SIZE["adaptive" if cfg.norm == "adaptive" else "fixed"],
+                  style_lr_scale=(STYLE_LR_SCALE["adaptive" if cfg.norm == "adaptive" else "fixed"]
+                                  if cfg.style_lr_scale is None else cfg.style_lr_scale))
     if cfg.style_loss not in STYLE_LOSSES:
         raise StylizeError(f"unknown style loss {cfg.style_loss!r}; choose one of auto, {', '.join(STYLE_LOSSES)}")
     device = pick_device(cfg.device)
@@ -480,7 +491,13 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
     history = []
     if ckpt is not None:
         recipe.load(ckpt)
-        opt.load_state_dict(ckpt["optimizer"])
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+        except ValueError:  # the parameter groups differ: a CIN run's style_lr_scale went to or from 1
+            raise StylizeError("this run's parameter groups differ from its checkpoint's; resume it with its "
+                               f"own style_lr_scale ({ckpt['train'].get('style_lr_scale', 1.0)})") from None
+        for group, setting in zip(opt.param_groups, groups):  # the state brings back its own rates' scales
+            group["lr_scale"] = setting.get("lr_scale", 1.0)
         draws.set_state(ckpt["rng"]["draws"])
         history = list(ckpt["history"])
     recipe.model = shard.wrap(recipe.model)  # several processes: DDP averages their gradients
@@ -531,7 +548,7 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
             row = {"iteration": it, **means, "seconds": round(time.perf_counter() - t0, 3)}
             history.append(row)
             progress(Progress(it, cfg.iterations, row, skipped))
-            if shard.lead and (it % cfg.sample_every == 0 or it == cfg.iterations):
+            if shard.lead and ((cfg.sample_every and it % cfg.sample_every == 0) or it == cfg.iterations):
                 path = save_samples(recipe, photos.to(device), folder / "samples" / f"iter_{it:06d}.jpg")
                 progress(Progress(it, cfg.iterations, row, skipped, "sample", path))
             if shard.lead and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:

@@ -59,3 +59,26 @@ def test_random_model_applies_like_a_trained_one(common, tmp_path):
         y = stylizer.run(torch.from_numpy(photo.copy()).permute(2, 0, 1).float() / 255,
                          stylizer.condition(None, None, None), 1.0)
         assert y.shape == (3, 32, 40) and torch.isfinite(y).all()
+
+
+def test_mark_difference_sees_brushwork_not_palette(tmp_path):
+    """bench/arbitrary.py's mark_difference: two outputs that differ only in colour (the same
+    strokes, another hue) differ little; the same colours with other strokes differ a lot."""
+    from PIL import Image
+
+    arbitrary = load_script("bench/arbitrary.py")
+    rng = np.random.default_rng(0)
+    strokes = np.kron(rng.random((24, 32)) > 0.5, np.ones((8, 8)))  # 192x256 blocks of light and dark
+    other = np.kron(rng.random((48, 64)) > 0.5, np.ones((4, 4)))  # finer marks
+
+    def save(name, lum, tint):
+        rgb = (lum[..., None] * 120 + 60 + np.array(tint)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(rgb).save(tmp_path / name)
+        return tmp_path / name
+    a = save("a.png", strokes, (0, 0, 0))
+    recoloured = save("b.png", strokes, (60, -50, 40))
+    restroked = save("c.png", other, (0, 0, 0))
+    assert arbitrary.mark_differences([a, a]) == 0
+    colour_only, marks_only = arbitrary.mark_differences([a, recoloured]), arbitrary.mark_differences([a, restroked])
+    assert arbitrary.differences([a, recoloured]) > 30 and colour_only < 3  # measured 50 and 0.0
+    assert marks_only > 20  # measured 42

@@ -102,6 +102,42 @@ def test_an_arbitrary_run_resumes_exactly(tmp_path, photos_dir, paintings):
         assert all(torch.equal(v, part(b)[k]) for k, v in part(a).items())
 
 
+def test_an_arbitrary_run_goes_on_with_more_paintings_and_another_predictor_rate(tmp_path, photos_dir, paintings):
+    """An arbitrary-style model has no per-painting weights, so a resumed run may take more paintings;
+    --style-lr-scale given on resume is the rate the optimizer then uses (its saved state brings back
+    the old one: a bug once, the flag then did nothing)."""
+    import shutil
+
+    from stylize.training import run_dir, train
+
+    cfg = arbitrary_config(tmp_path / "a", photos_dir, paintings, iterations=2, checkpoint_every=1, sample_every=0)
+    train(cfg)
+    assert [p.name for p in (run_dir(cfg.out) / "samples").iterdir()] == ["iter_000002.jpg"]  # 0: at the end only
+    ckpt = run_dir(cfg.out) / "checkpoint.pt"
+    first = modelfile.load(ckpt)
+    assert first["train"]["style_lr_scale"] == 4.0  # settings.STYLE_LR_SCALE for --norm adaptive
+    assert first["optimizer"]["param_groups"][1]["lr_scale"] == pytest.approx(4.0 * 8 ** -0.5)  # the projections
+    more = tmp_path / "more"
+    shutil.copytree(paintings, more)
+    make_style(40, 96).save(more / "p3.png")
+    cfg2 = arbitrary_config(tmp_path / "b", photos_dir, more, iterations=4, checkpoint_every=1, style_lr_scale=2.0)
+    train(cfg2, resume=ckpt, overrides=["style", "style_lr_scale", "iterations", "out"])
+    second = modelfile.load(run_dir(cfg2.out) / "checkpoint.pt")
+    assert second["iteration"] == 4 and second["train"]["style"] == [str(more)]
+    assert second["train"]["style_lr_scale"] == 2.0
+    assert second["optimizer"]["param_groups"][1]["lr_scale"] == pytest.approx(2.0 * 8 ** -0.5)
+
+
+def test_a_fixed_style_run_keeps_its_styles_on_resume(tmp_path, photos_dir, paintings):
+    from stylize.training import run_dir, train
+
+    cfg = tiny_config(tmp_path, photos_dir, [paintings / "p0.png"], iterations=2)
+    train(cfg)
+    cfg.style, cfg.iterations = [str(paintings / "p1.png")], 3
+    with pytest.raises(StylizeError, match="keeps its --style"):
+        train(cfg, resume=run_dir(cfg.out) / "checkpoint.pt", overrides=["style", "iterations"])
+
+
 def test_apply_follows_each_painting_mixes_masks_and_strength(arbitrary_model, paintings, tmp_path):
     s = load_stylizer(arbitrary_model, "cpu")
     torch.manual_seed(0)  # projections far from the identity, as after a long training (4 steps move them little)
