@@ -12,7 +12,7 @@ model they are its own paintings, one per style in the model's order, whose colo
 
   python studies/calibration.py --model weights/arbitrary.pt --photos P [P ...] --paintings S [S ...] \
       --out-dir runs/calibration [--strengths 1,0.8,0.6,0.5,0.4] [--amounts 0,0.5,0.75,1]
-  python studies/calibration.py --model MODEL --set 0.5 1.0 --write calibrated.pt [--paintings S ...]
+  python studies/calibration.py --model MODEL --set 0.5 1.0 [--work-size 480] --write calibrated.pt [--paintings S ...]
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ def grid(args) -> dict:
     score = load_quality(args.quality)
     record = modelfile.load(args.model)
     record.pop("apply", None)  # the network alone: this grid is what chooses its calibration
+    if args.work_size:  # ... at the scale it will apply at (scale.py)
+        record["apply"] = {"work_size": args.work_size}
     arbitrary = bool(record["net"].get("style_dim"))
     s = ArbitraryStylizer(record, "cpu") if arbitrary else Stylizer(record, "cpu")
     own = None if arbitrary else painting_colours(record, args.paintings)
@@ -94,12 +96,15 @@ def main(argv=None) -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("runs/calibration"))
     ap.add_argument("--set", nargs=2, type=float, metavar=("FULL_STRENGTH", "PALETTE"))
     ap.add_argument("--write", type=Path, help="with --set: the calibrated copy of --model")
+    ap.add_argument("--work-size", type=int, default=0, help="shorter side the network works at on larger "
+                    "photos (stylize/scale.py; 0: full size); with --set, written into the file")
     args = ap.parse_args(argv)
     if args.set:
         if not args.write:
             ap.error("--set needs --write FILE")
         record = modelfile.load(args.model)
-        record["apply"] = {"full_strength": args.set[0], "palette": args.set[1]}
+        record["apply"] = {"full_strength": args.set[0], "palette": args.set[1],
+                           **({"work_size": args.work_size} if args.work_size else {})}
         if not record["net"].get("style_dim"):  # a trained model keeps its paintings' colours
             record["apply"]["colours"] = [palette.as_record(c) for c in painting_colours(record, args.paintings)]
         print(f"wrote {modelfile.save(record, args.write)}")

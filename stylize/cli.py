@@ -98,8 +98,6 @@ def train(
     tv_weight: float = typer.Option(T.tv_weight, min=0, help="Weight of the total-variation loss."),
     color_weight: float = typer.Option(T.color_weight, min=0, help="Weight of the palette term (output colours distributed as the style's)."),
     pixel_weight: float = typer.Option(T.pixel_weight, min=0, help="Pull of low-strength outputs toward the photo."),
-    jitter: float = typer.Option(T.jitter, min=0, max=0.5, help="The loss network sees outputs at a random scale "
-                                 "and shift this large (0.1: 10%); against fine patterns that only fool it."),
     lr: float = typer.Option(T.lr, min=0),
     style_lr_scale: Optional[float] = typer.Option(T.style_lr_scale, min=0, help="Learning-rate multiple of what "
                                                    "depends on the style: several styles' tables; for --norm adaptive, "
@@ -135,7 +133,7 @@ def train(
                       norm=norm, network=network, width=width, strength=strength, iterations=iterations, batch_size=batch_size,
                       image_size=image_size, content_size=content_size, style_size=style_size, content_weight=content_weight,
                       style_weight=style_weight, tv_weight=tv_weight, color_weight=color_weight, pixel_weight=pixel_weight, lr=lr,
-                      style_lr_scale=style_lr_scale, jitter=jitter,
+                      style_lr_scale=style_lr_scale,
                       lr_schedule=lr_schedule, loss_net=loss_net, vgg_weights=str(vgg_weights) if vgg_weights else None,
                       style_loss=style_loss, device=device, seed=seed, checkpoint_every=checkpoint_every,
                       sample_every=sample_every, workers=workers, levers=levers)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import mixing, modelfile, palette, tiling
+from . import mixing, modelfile, palette, scale, tiling
 from .devices import pick_device
 from .errors import StylizeError
 from .images import load_image
@@ -89,7 +89,16 @@ class Stylizer:
         calibrated strength, then the styles' palette (palette.recolour; per pixel with a mask)."""
         mixing.check_strength(strength, self.name, self.has_strength)
         network_strength, amount = mixing.calibrated(strength, self.apply)
-        y = self(x, cond, network_strength, dtype=torch.uint8)
+        shape = scale.work_shape(x.shape[1], x.shape[2], self.apply)
+        if shape is None:
+            y = self(x, cond, network_strength, dtype=torch.uint8)
+        else:  # at the scale the network was trained at (scale.py); a mask goes down with the photo
+            small, small_cond = scale.resize(x.numpy(), shape), cond
+            if torch.is_tensor(cond) and cond.dim() == 3:
+                small_cond = torch.nn.functional.interpolate(cond[None].float(), size=shape, mode="bilinear",
+                                                             align_corners=False)[0]
+            y_small = self(torch.from_numpy(small), small_cond, network_strength, dtype=torch.uint8)
+            y = torch.from_numpy(scale.restore(y_small.numpy(), small, x.numpy()))
         targets = self.palettes() if amount else None
         if targets:
             y = torch.from_numpy(palette.recolour(y.numpy(), targets, np.asarray(cond), amount))

@@ -62,30 +62,6 @@ def total_variation(y: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
-def draw_view(jitter: float, generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """How the loss network sees this step's outputs and photos (None: as they are): a random scale
-    in [1 - jitter, 1 + jitter] and shift of up to `jitter` of half the side, as an affine (2, 3).
-
-    Not in Johnson et al. (whose VGG does not need it): "transformation robustness" (Mordvintsev et
-    al. 2018, Differentiable Image Parameterizations). A loss network with a stride-2 stem
-    (EfficientNet-Lite0) can be met by a fixed fine pattern on its sampling grid: the network then
-    paints the same diagonal hatching for every style. Seen at a random sub-pixel offset and scale,
-    such a pattern no longer pays, and only marks that survive resampling are learned."""
-    if not jitter:
-        return None
-    u = torch.rand(3, generator=generator) * 2 - 1
-    scale = 1 + jitter * float(u[0])
-    return torch.tensor([[scale, 0.0, jitter * float(u[1])], [0.0, scale, jitter * float(u[2])]])
-
-
-def view(x: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
-    """x (B, C, H, W) resampled through the affine of draw_view (bilinear, reflected at the edges)."""
-    if theta is None:
-        return x
-    grid = F.affine_grid(theta.to(x.device, x.dtype)[None].expand(len(x), 2, 3), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
 def relative_error(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-example squared error divided by the target's squared size: (B, ...) -> (B,)."""
     dims = tuple(range(1, y.dim()))
@@ -194,13 +170,11 @@ class PerceptualLoss(nn.Module):
                                    self.targets[layer][style_index][:, pick])
         return relative_error(style_stats(f, self.style_loss), self.targets[layer][style_index])
 
-    def forward(self, y, x, style_index=None, strength=None, weights=None, directions=None,
-                theta=None) -> dict[str, torch.Tensor]:
+    def forward(self, y, x, style_index=None, strength=None, weights=None, directions=None) -> dict[str, torch.Tensor]:
         """y: output, x: content, style_index: (B,) which style each example is trained on,
         strength: (B,) in [0, 1] scaling the style term, weights: dict of term weights,
-        directions: draw_directions() for the sliced loss (None: the first C of each layer's),
-        theta: draw_view(), how the loss network sees y and x (the pixel terms see them as they are)."""
-        fy, fx = self.net(view(y, theta)), self.net(view(x, theta))
+        directions: draw_directions() for the sliced loss (None: the first C of each layer's)."""
+        fy, fx = self.net(y), self.net(x)
         b = y.shape[0]
         if style_index is None:
             style_index = torch.zeros(b, dtype=torch.long, device=y.device)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import mixing, palette
+from . import mixing, palette, scale
 from .errors import StylizeError
 from .images import read_array
 from .pipeline import budget_pixels
@@ -117,7 +117,9 @@ class OnnxStylizer:
 
     def run(self, x: np.ndarray, cond, strength: float) -> np.ndarray:
         mixing.check_strength(strength, self.name, self.has_strength)
-        if x.shape[1] * x.shape[2] > self.budget and self._fallback is not None:
+        shape = scale.work_shape(x.shape[1], x.shape[2], self.apply)  # as the PyTorch path: scale.py
+        h, w = shape or x.shape[1:]
+        if h * w > self.budget and self._fallback is not None:
             import torch  # tiling: over the memory budget, the PyTorch path runs it in tiles
 
             self._torch = self._torch or self._fallback()
@@ -126,10 +128,11 @@ class OnnxStylizer:
             return self._torch.run(torch.from_numpy(x), torch.tensor(cond), strength)
         network_strength, amount = mixing.calibrated(strength, self.apply)
         targets, weights = self.colours, cond if cond is not None else [1.0] + [0.0] * (len(self.styles) - 1)
+        small = x if shape is None else scale.resize(x, shape)
         if self.meta.get("default"):  # uint8 in and out; the calibrated strength is in the graph
-            y = self.stylize(x, cond, strength)
+            y = self.stylize(small, cond, strength)
         else:
-            photo = x.astype(np.float32) / 255
+            photo = small.astype(np.float32) / 255
             if self.adaptive:
                 style, colours = cond
                 targets, weights = [colours], [1.0]
@@ -138,4 +141,6 @@ class OnnxStylizer:
                 y = self.stylize(photo, cond, network_strength)
             y = y * 255
             y = np.round(y, out=y).astype(np.uint8)  # in place: one photo-sized temporary fewer
+        if shape is not None:
+            y = scale.restore(y, small, x)
         return palette.recolour(y, targets, weights, amount) if amount and targets else y

@@ -67,7 +67,6 @@ class TrainConfig:
     # pulls low-strength outputs to the photo (only with strength); about the style weight, so that
     # strength 0.5 looks half-way (with 10 against 100, 0.25 already gave 60% of the full change)
     pixel_weight: float = 100.0
-    jitter: float = 0.0  # the loss network sees outputs and photos at a random scale and shift (losses.draw_view)
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
     # learning-rate multiple of what depends on the style: several styles' (CIN) tables; for
     # --norm adaptive, the predictor's bottleneck and projections (on top of their fan-in scaling).

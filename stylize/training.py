@@ -23,7 +23,7 @@ from .devices import pick_device
 from .data import batches, content_files, load_style, style_files
 from .errors import StylizeError
 from .images import load_image, save_image
-from .losses import PerceptualLoss, draw_view
+from .losses import PerceptualLoss
 from .networks import NetConfig, TransformerNet
 from .norms import Condition
 from .settings import (LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_LR_SCALE, STYLE_SIZE, TrainConfig,
@@ -210,14 +210,13 @@ class TransformerRecipe:
         style_index = torch.randint(n_styles, (b,), generator=draws)  # drawn even for a skipped batch,
         strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # so resume stays in step
         directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
-        theta = draw_view(self.cfg.jitter, draws)  # drawn only when jittered: older runs resume in step
         if x is None:
             return None, 0
         style_index, strength = self.shard.part(style_index), self.shard.part(strength)
         si, st = style_index[:len(x)].to(self.device), strength[:len(x)].to(self.device)
         cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.strength else None)
         y = self.model(x, cond)
-        return self.loss(y, x, si, st, self.weights, directions, theta), len(x)
+        return self.loss(y, x, si, st, self.weights, directions), len(x)
 
     def param_groups(self) -> list[dict]:
         """Departure from Dumoulin et al. (who train 40,000 steps): with several styles, the per-style
@@ -365,12 +364,11 @@ class PredictionRecipe:
         if self.cfg.color_weight:
             self.loss.set_colors([painting.to(self.device)])
         directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
-        theta = draw_view(self.cfg.jitter, draws)
         if x is None:
             return None, 0
         strength = self.shard.part(strength)[:len(x)].to(self.device)
         y = self.model(x, features, strength if self.cfg.strength else None)
-        return self.loss(y, x, None, strength, self.weights, directions, theta), len(x)
+        return self.loss(y, x, None, strength, self.weights, directions), len(x)
 
     @torch.no_grad()
     def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
@@ -407,7 +405,7 @@ class PredictionRecipe:
 # the rest (network, styles, photos, loss network...) would make it another run. A model for any
 # painting may also go on with more paintings (train()).
 RESUMABLE = ("iterations", "out", "content", "lr", "lr_schedule", "style_lr_scale", "content_weight", "style_weight",
-             "tv_weight", "color_weight", "pixel_weight", "jitter", "device", "checkpoint_every", "sample_every",
+             "tv_weight", "color_weight", "pixel_weight", "device", "checkpoint_every", "sample_every",
              "workers", "levers")
 
 

@@ -177,20 +177,6 @@ def test_a_cosine_run_resumes_exactly(tmp_path, photos_dir, style_path):
     assert_same_run(straight, snapshot(Path(cfg.out)))
 
 
-def test_a_jittered_run_resumes_exactly(tmp_path, photos_dir, style_path):
-    # the loss network's views are drawn from the run's generator, so they repeat on resume
-    cfg = tiny_config(tmp_path / "a", photos_dir, [style_path], iterations=N, checkpoint_every=K, width=4, jitter=0.1)
-    kept = tmp_path / "kept.pt"
-    train(cfg, progress=lambda p: p.event == "checkpoint" and p.iteration == K and shutil.copy(p.path, kept))
-    straight = snapshot(Path(cfg.out))
-    Path(cfg.out).unlink()
-    train(tiny_config(tmp_path / "a", photos_dir, [], iterations=N), resume=kept)
-    assert_same_run(straight, snapshot(Path(cfg.out)))
-    plain = tiny_config(tmp_path / "b", photos_dir, [style_path], iterations=N, width=4)
-    train(plain)  # and the views matter: without them it is another run
-    assert snapshot(Path(plain.out))["history"] != straight["history"]
-
-
 def test_sigint_stops_at_the_iteration_boundary_and_resume_matches(straight, tmp_path, photos_dir, style_path):
     cfg = tiny_config(tmp_path, photos_dir, [style_path], iterations=N, width=4)
     before = signal.getsignal(signal.SIGINT)

@@ -31,8 +31,9 @@ from stylize.sheet import tile_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ["chelsea.jpg", "coffee.jpg", "rocket.jpg"]
-TEXTURES = [103, 111, 117, 129]
-MIX = ("starry_night", "composition_vii")  # two palettes far apart, for the mix and the mask  # tools/textures.py numbers; the arbitrary model trained on 0-23 only
+# tools/textures.py kinds and numbers; the arbitrary model trained on numbers 0-23 of each kind only
+TEXTURES = [("strokes", 103), ("strokes", 117), ("shapes", 102), ("shapes", 108)]
+MIX = ("starry_night", "composition_vii")  # two palettes far apart, for the mix and the mask
 
 
 def shipped() -> list[dict]:
@@ -83,18 +84,18 @@ def multi_sheet(name, x, models) -> Image.Image | None:
 
 def arbitrary_sheet(photos, size: int) -> Image.Image:
     sys.path.insert(0, str(ROOT / "tools"))
-    from textures import texture
+    from textures import KINDS
 
     s = load_stylizer(DEFAULT_ADAPTIVE_MODEL, "cpu")
-    paintings = []
-    for n in TEXTURES:
-        path = ROOT / "build" / f"texture_{n}.png"
+    paintings, labels = [], [f"{kind} {n}" for kind, n in TEXTURES]
+    for kind, n in TEXTURES:
+        path = ROOT / "build" / f"{kind}_{n}.png"
         path.parent.mkdir(exist_ok=True)
-        texture(n, 512).save(path)
+        KINDS[kind](n, 512).save(path)
         paintings.append(path)
-    head = [None] + [(Image.open(p).convert("RGB"), f"texture {n}") for n, p in zip(TEXTURES, paintings)]
-    rows = [[(to_pil(x), name)] + [(to_pil(s.run(x, s.condition([str(p)]), 1.0)), f"texture {n}")
-                                   for n, p in zip(TEXTURES, paintings)] for name, x in photos]
+    head = [None] + [(Image.open(p).convert("RGB"), label) for label, p in zip(labels, paintings)]
+    rows = [[(to_pil(x), name)] + [(to_pil(s.run(x, s.condition([str(p)]), 1.0)), label)
+                                   for label, p in zip(labels, paintings)] for name, x in photos]
     w, h = rows[0][0][0].size
     head = [None] + [(im.resize((w, h), Image.Resampling.LANCZOS) if im.size != (w, h) else im, label)
                      for im, label in (t for t in head[1:])]
