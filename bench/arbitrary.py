@@ -6,8 +6,9 @@ much the output changes from painting to painting, a picture grid, and speed.
          [--peer "../shared/tools/peer.sh stylize {photo} --style-image {style} -o {out} --device cpu"]
          [--out-dir bench/out/arbitrary] [--speed-photo P --runs 5] [--no-peer] [--json F]
 
-Both tools write PNG at the photo's full size (the peer stylizes at 384 px and upscales; stylize runs at
-the full size). Quality: ../shared/tools/quality.py (style_match, structure) per photo and painting.
+Both tools write PNG: stylize at the photo's size, the peer at most 1024 px on the longer side (it
+stylizes at 384 px and upscales; stylize works at the model's work size, scale.py). The speed photo
+is 1024x768, so there both write the same size. Quality: ../shared/tools/quality.py (style_match, structure) per photo and painting.
 "Follows the painting": for each photo, the mean absolute difference (0-255) between the outputs for
 every two paintings; the issue's yardstick was 14 for the old AdaIN preview against 53 for the peer.
 The same for the marks alone (mark_difference): luminance less its blur, both tools' outputs at 384 px.

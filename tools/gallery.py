@@ -1,6 +1,6 @@
 """The README's gallery, regenerated from the shipped models and the credited example photos:
 
-    python tools/gallery.py [--out examples] [--size 640]
+    python tools/gallery.py [--out examples] [--size 640] [--paintings A B C D]
 
 writes, into --out:
   gallery_styles.jpg     every example photo through every shipped single-style model
@@ -10,6 +10,10 @@ writes, into --out:
   gallery_multi.jpg      every style of the shipped multi-style model (at half --size)
   gallery_arbitrary.jpg  the arbitrary-style model on textures made by tools/textures.py (ours, so
                          the picture can be shipped), each texture at the head of its column
+
+With --paintings A B C D it also writes ../docs/arbitrary_examples.jpg: every example photo through
+those paintings (the model card's held-out ones), the outputs only, since the paintings are not ours
+to ship.
 
 Photos are scaled to --size px (longest side) first, so strokes look as they do on a photo of that
 size. Everything here is the library's public API; nothing is tuned per picture.
@@ -102,10 +106,17 @@ def arbitrary_sheet(photos, size: int) -> Image.Image:
     return tile_grid([head] + rows)
 
 
+def examples_sheet(photos, paintings: list[Path]) -> Image.Image:
+    s = load_stylizer(DEFAULT_ADAPTIVE_MODEL, "cpu")
+    return tile_grid([[(to_pil(x), name)] + [(to_pil(s.run(x, s.condition([str(p)]), 1.0)), p.stem) for p in paintings]
+                      for name, x in photos])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "examples")
     ap.add_argument("--size", type=int, default=640)
+    ap.add_argument("--paintings", nargs="*", type=Path, default=[])
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     photos = [(p, load_image(ROOT / "examples" / p, max_size=args.size)[0]) for p in PHOTOS]
@@ -121,6 +132,9 @@ def main() -> None:
             print(f"{name}: skipped (no shipped multi-style model)")
             continue
         print(f"wrote {save_pil(sheet, args.out / name, quality=90)}")
+    if args.paintings:
+        sheet = examples_sheet(photos, args.paintings)
+        print(f"wrote {save_pil(sheet, ROOT / 'docs' / 'arbitrary_examples.jpg', quality=90)}")
 
 
 if __name__ == "__main__":
