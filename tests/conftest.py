@@ -39,6 +39,24 @@ def load_script(relative: str):
     return module
 
 
+def random_cin_record(styles: list[str], width: int = 4) -> dict:
+    """The model record of an untrained strength-conditioned network of several styles, whose
+    per-style norm parameters are far apart (as after training)."""
+    import torch
+
+    from stylize.networks import NetConfig, TransformerNet
+    from stylize.settings import TrainConfig
+    from stylize.training import model_record
+
+    torch.manual_seed(0)
+    net = TransformerNet(NetConfig("conditional", len(styles), True, width)).eval()
+    with torch.no_grad():
+        for n in net.norms():
+            n.affine.weight.copy_(1 + 0.5 * torch.randn_like(n.affine.weight))
+            n.affine.bias.copy_(0.5 * torch.randn_like(n.affine.bias))
+    return model_record(net, TrainConfig(norm="conditional", width=width), list(styles), half=False)
+
+
 def make_photo(seed: int, width: int = 48, height: int = 40) -> Image.Image:
     """A photo-like RGB image: smooth gradients, a few flat shapes and a little noise."""
     rng = np.random.default_rng(seed)

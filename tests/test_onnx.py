@@ -12,13 +12,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_photo
+from conftest import make_photo, random_cin_record
 from stylize import graphs, modelfile, onnx_runtime
 from stylize.cli import app
 from stylize.errors import StylizeError
 from stylize.export import export_onnx
 from stylize.inference import Stylizer
-from stylize.networks import NetConfig, TransformerNet
 from stylize.settings import TrainConfig
 from stylize.training import model_record
 
@@ -28,14 +27,7 @@ pytestmark = pytest.mark.slow  # every test here takes seconds (processes, ONNX 
 @pytest.fixture(scope="module")
 def cin(tmp_path_factory):
     """An untrained 3-style strength model with distinct per-style norm parameters."""
-    torch.manual_seed(0)
-    net = TransformerNet(NetConfig("conditional", 3, True, 4)).eval()
-    with torch.no_grad():
-        for n in net.norms():
-            n.affine.weight.copy_(1 + 0.5 * torch.randn_like(n.affine.weight))
-            n.affine.bias.copy_(0.5 * torch.randn_like(n.affine.bias))
-    rec = model_record(net, TrainConfig(norm="conditional", width=4), ["a", "b", "c"], half=False)
-    return modelfile.save(rec, tmp_path_factory.mktemp("onnx") / "trio.pt")
+    return modelfile.save(random_cin_record(["a", "b", "c"]), tmp_path_factory.mktemp("onnx") / "trio.pt")
 
 
 @pytest.fixture(scope="module")

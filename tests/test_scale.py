@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_photo
+from conftest import make_photo, random_cin_record
 from stylize import modelfile, scale
 from stylize.inference import Stylizer
-from stylize.networks import NetConfig, TransformerNet
-from stylize.settings import TrainConfig
-from stylize.training import model_record
 
 
 def photo(seed: int, w: int, h: int) -> np.ndarray:
@@ -40,15 +37,8 @@ def test_restore_gives_back_the_photo_when_the_network_changed_nothing_and_its_d
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = TransformerNet(NetConfig("conditional", 2, True, 4)).eval()
-    with torch.no_grad():
-        for n in net.norms():
-            n.affine.weight.copy_(1 + 0.5 * torch.randn_like(n.affine.weight))
-            n.affine.bias.copy_(0.5 * torch.randn_like(n.affine.bias))
-    rec = model_record(net, TrainConfig(norm="conditional", width=4), ["a", "b"], half=False)
-    return rec
+def model():
+    return random_cin_record(["a", "b"])
 
 
 def test_a_model_with_a_work_size_stylizes_at_it(model, tmp_path):
