@@ -114,6 +114,8 @@ def train(
     workers: int = typer.Option(T.workers, help="Data loader processes (-1: 4 on CUDA, 0 on CPU)."),
     levers: str = typer.Option(T.levers, help="Speed levers: auto (every one but compile on CUDA, none "
                                "elsewhere), none, all, or names such as bf16,channels_last (see stylize/speed.py)."),
+    init: Optional[Path] = typer.Option(None, help="Model file (or shipped model name) to fine-tune: its network "
+                                        "and weights instead of random ones, a fresh optimizer and schedule."),
     resume: Optional[Path] = typer.Option(None, help="Checkpoint to continue to its run's end, with its settings "
                                           "(flags given override: --iterations extends it, --lr, loss weights)."),
 ):
@@ -136,7 +138,7 @@ def train(
                       style_lr_scale=style_lr_scale,
                       lr_schedule=lr_schedule, loss_net=loss_net, vgg_weights=str(vgg_weights) if vgg_weights else None,
                       style_loss=style_loss, device=device, seed=seed, checkpoint_every=checkpoint_every,
-                      sample_every=sample_every, workers=workers, levers=levers)
+                      sample_every=sample_every, workers=workers, levers=levers, init=str(init) if init else None)
     bar = None
 
     def progress(p):

@@ -86,6 +86,8 @@ class TrainConfig:
     workers: int = -1  # data loader processes; -1: 4 on CUDA, 0 on CPU
     # speed levers (speed.py): auto (all but compile on CUDA, none elsewhere), none, all, or names
     levers: str = "auto"
+    # a model file to start from (fine-tuning): its network and weights, a fresh optimizer and schedule
+    init: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -401,6 +401,36 @@ class PredictionRecipe:
         self.net.predictor.load_state_dict(ckpt["predictor"]["state_dict"])
 
 
+def _network_of(rec: dict) -> tuple:
+    """What a record's weights fit: its kind, network and, for any painting, its style predictor."""
+    net = NetConfig(**rec["net"]).to_dict() if rec.get("kind") == "transformer" else rec.get("net")
+    predictor = {k: v for k, v in rec.get("predictor", {}).items() if k != "state_dict"}
+    return rec.get("kind"), net, predictor
+
+
+def init_settings(cfg: TrainConfig) -> TrainConfig:
+    """--init: the run builds the network that model file holds (its norm, architecture, width, ...;
+    for any painting, the predictor's loss network, layers and painting size), whatever the flags say."""
+    rec = modelfile.load(cfg.init)
+    if rec.get("kind") == "adain":
+        return replace(cfg, norm="adaptive", network="adain", width=rec["net"]["width"])
+    net = NetConfig(**rec["net"])
+    cfg = replace(cfg, norm=net.norm, network=net.network, width=net.width, strength=net.strength,
+                  output=net.output, style_dim=net.style_dim or cfg.style_dim)
+    if "predictor" in rec:
+        p = rec["predictor"]
+        cfg = replace(cfg, loss_net=p["loss_net"], style_layers=list(p["layers"]), style_size=p["style_size"])
+    return cfg
+
+
+def start_from(recipe, path: str) -> None:
+    """--init: begin with the weights of a model file (fine-tuning) instead of random ones."""
+    rec = modelfile.load(path)
+    if _network_of(rec) != _network_of(recipe.record(half=False)):  # e.g. another number of styles
+        raise StylizeError(f"{path}: its network does not fit this run's (for several styles, give as many)")
+    recipe.load(rec)
+
+
 # What a resumed run may change (--lr, the loss weights, --iterations to extend it, where it writes);
 # the rest (network, styles, photos, loss network...) would make it another run. A model for any
 # painting may also go on with more paintings (train()).
@@ -439,6 +469,8 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         if cfg.iterations <= ckpt["iteration"]:
             raise StylizeError(f"{resume}: the run is already at iteration {ckpt['iteration']} of {cfg.iterations}; "
                                f"pass --iterations N (over {ckpt['iteration']}) to train it further")
+    elif cfg.init:
+        cfg = init_settings(cfg)
     if cfg.norm not in NORMS:
         raise StylizeError(f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORMS)}")
     if not cfg.style:
@@ -487,6 +519,8 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
     opt = torch.optim.Adam(groups, lr=cfg.lr, fused=True if "fused_adam" in levers else None)
     draws = torch.Generator().manual_seed(cfg.seed + 1)  # style and strength per example
     history = []
+    if ckpt is None and cfg.init:
+        start_from(recipe, cfg.init)
     if ckpt is not None:
         recipe.load(ckpt)
         try:

@@ -128,6 +128,38 @@ def test_an_arbitrary_run_goes_on_with_more_paintings_and_another_predictor_rate
     assert second["optimizer"]["param_groups"][1]["lr_scale"] == pytest.approx(2.0 * 8 ** -0.5)
 
 
+def test_init_starts_from_a_model_and_builds_its_network(arbitrary_model, tmp_path, photos_dir, paintings):
+    """--init (fine-tuning): the run starts from the file's weights (at lr 0 they stay), with the network
+    that file holds whatever the flags say, and records where it started; without it, random weights."""
+    from stylize.training import train
+
+    base = modelfile.load(arbitrary_model)
+
+    def weights(rec):
+        return {**rec["state_dict"], **{"p." + k: v for k, v in rec["predictor"]["state_dict"].items()}}
+
+    cfg = tiny_config(tmp_path / "a", photos_dir, [paintings], iterations=1, lr=0.0, width=4, style_dim=3,
+                      style_size=32, init=str(arbitrary_model))  # norm, width, embedding, painting size: the file's
+    tuned = modelfile.load(train(cfg))
+    assert tuned["net"] == base["net"] and tuned["train"]["init"] == str(arbitrary_model)
+    assert tuned["train"]["width"] == 8 and tuned["predictor"]["style_dim"] == 8
+    assert tuned["predictor"]["style_size"] == 48
+    assert all(torch.equal(v, weights(tuned)[k]) for k, v in weights(base).items())
+    cold = modelfile.load(train(arbitrary_config(tmp_path / "b", photos_dir, paintings, iterations=1, lr=0.0)))
+    assert not all(torch.equal(v, weights(cold)[k]) for k, v in weights(base).items())
+
+
+def test_init_refuses_a_model_of_other_styles(tmp_path, photos_dir, paintings):
+    from stylize.training import train
+
+    two = train(tiny_config(tmp_path / "a", photos_dir, [paintings / "p0.png", paintings / "p1.png"],
+                            norm="conditional", iterations=1))
+    three = tiny_config(tmp_path / "b", photos_dir, [paintings / f"p{i}.png" for i in range(3)], iterations=1,
+                        init=str(two))
+    with pytest.raises(StylizeError, match="does not fit this run"):
+        train(three)
+
+
 def test_a_fixed_style_run_keeps_its_styles_on_resume(tmp_path, photos_dir, paintings):
     from stylize.training import run_dir, train
 
