@@ -4,7 +4,7 @@ much the output changes from painting to painting, a picture grid, and speed.
 
   python bench/arbitrary.py --photos P [P ...] --paintings S [S ...] [--model arbitrary]
          [--peer "../shared/tools/peer.sh stylize {photo} --style-image {style} -o {out} --device cpu"]
-         [--out-dir bench/out/arbitrary] [--speed-photo P --runs 5] [--no-peer] [--json F]
+         [--out-dir bench/out/arbitrary] [--speed-photo P --runs 5 [--pin CPUS]] [--no-peer] [--json F]
 
 Both tools write PNG: stylize at the photo's size, the peer at most 1024 px on the longer side (it
 stylizes at 384 px and upscales; stylize works at the model's work size, scale.py). The speed photo
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import PEER_SH, QUALITY, ROOT, load_quality, timed  # noqa: E402
+from bench.common import PEER_SH, QUALITY, ROOT, add_pin_option, load_quality, pinned, timed  # noqa: E402
 
 PEER = f"{PEER_SH} stylize {{photo}} --style-image {{style}} -o {{out}} --device cpu"
 
@@ -96,6 +96,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "arbitrary")
     ap.add_argument("--speed-photo", type=Path)
     ap.add_argument("--runs", type=int, default=5)
+    add_pin_option(ap)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     score = load_quality(args.quality)
@@ -133,7 +134,7 @@ def main(argv=None) -> dict:
     if args.speed_photo:
         times = {t: [] for t in tools}
         style = args.paintings[0]
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, pinned(args.pin):
             for i in range(args.runs + 1):
                 for t in tools:
                     out = Path(tmp) / f"{t}_{i}.png"
@@ -145,6 +146,7 @@ def main(argv=None) -> dict:
         w, h = Image.open(args.speed_photo).size
         report["speed"] = {t: {"median_s": round(statistics.median(v), 3)} for t, v in times.items()}
         report["speed"]["photo"] = f"{w}x{h}, both writing PNG at that size"
+        report["speed"]["cpus"] = args.pin or "all"
         if "peer" in times:
             report["speed"]["ratio_stylize_over_peer"] = round(
                 statistics.median(times["stylize"]) / statistics.median(times["peer"]), 3)

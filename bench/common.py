@@ -7,6 +7,7 @@ each puts the checkout on sys.path and imports this as `bench.common`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -40,6 +41,25 @@ def quality_module(path: str | Path = QUALITY):
 def load_quality(path: str | Path = QUALITY):
     """quality.py's score function: (content, style, output) -> {"style_match", "structure"}."""
     return quality_module(path).score
+
+
+def add_pin_option(ap) -> None:
+    ap.add_argument("--pin", default=None, help="CPUs the timed processes may run on, e.g. 1 or 0,1 "
+                    "(as taskset -c: what a container's cpuset or a pinned batch job gives a tool)")
+
+
+@contextlib.contextmanager
+def pinned(cpus: str | None):
+    """Every process started inside runs on the CPUs listed ("1", "0,1"); None: no change."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def timed(cmd: list[str] | str, env: dict | None = None) -> tuple[float, float]:

@@ -6,7 +6,7 @@ benchmark reference only, installed in its own virtualenv; never a dependency of
 
   python bench/peer.py --style-image starry.jpg PHOTO [PHOTO ...] [--model starry_night]
                        [--peer "../shared/tools/peer.sh stylize {photo} -s 19 -o {out} --device cpu"]
-                       [--out-dir bench/out/peer] [--speed-photo P] [--runs 5] [--speed-format png|jpg]
+                       [--out-dir bench/out/peer] [--speed-photo P] [--runs 5] [--pin CPUS] [--speed-format png|jpg]
                        [--no-peer] [--json F]
 
 Quality: `quality.py CONTENT STYLE OUTPUT` (../shared/tools; --quality FILE) scores every output:
@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import PEER_SH, QUALITY, ROOT, load_quality, side_by_side, timed  # noqa: E402
+from bench.common import PEER_SH, QUALITY, ROOT, add_pin_option, load_quality, pinned, side_by_side, timed  # noqa: E402
 
 PEER = f"{PEER_SH} stylize {{photo}} -s 19 -o {{out}} --device cpu"
 
@@ -55,6 +55,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "peer")
     ap.add_argument("--speed-photo", type=Path)
     ap.add_argument("--runs", type=int, default=5)
+    add_pin_option(ap)
     ap.add_argument("--speed-format", default="png", choices=("png", "jpg"), help="the output both tools write when timed")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -84,7 +85,7 @@ def main(argv=None) -> dict:
 
     if args.speed_photo:
         times = {name: [] for name in tools}
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, pinned(args.pin):
             for i in range(args.runs + 1):  # the first round warms up (and fills stylize's ONNX cache)
                 for name, cmd in tools.items():
                     t, _ = timed(cmd(args.speed_photo, Path(tmp) / f"{name}_{i}.{args.speed_format}"))
@@ -94,6 +95,7 @@ def main(argv=None) -> dict:
                                   "max_s": round(max(t), 3)} for name, t in times.items()}
         w, h = Image.open(args.speed_photo).size
         report["speed"]["photo"] = f"{w}x{h}, written as {args.speed_format.upper()}"
+        report["speed"]["cpus"] = args.pin or "all"
         if "peer" in times:
             report["speed"]["ratio_stylize_over_peer"] = round(
                 statistics.median(times["stylize"]) / statistics.median(times["peer"]), 3)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Callable
@@ -30,6 +31,18 @@ def installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def session_options(ort):
+    """ONNX Runtime's options for this process: as many compute threads as CPUs it may run on.
+    ONNX Runtime's default is the machine's physical cores, whatever the process's CPU affinity
+    (taskset, container cpusets), so a process held to one core ran two threads on it: at 1024x768 the
+    default model took 1.21 s instead of 0.85 (bench/peer.py --pin 1; docs/benchmarks.md)."""
+    options = ort.SessionOptions()
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if allowed and allowed < (os.cpu_count() or allowed):
+        options.intra_op_num_threads = allowed
+    return options
+
+
 def accelerator_present() -> bool:
     """Whether --device auto would pick a GPU, judged without importing torch: an NVIDIA driver, or
     an Apple-silicon Mac (MPS)."""
@@ -44,7 +57,7 @@ class OnnxStylizer:
         import onnxruntime as ort
 
         try:
-            self.session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(graph), session_options(ort), providers=["CPUExecutionProvider"])
             self.meta = json.loads(self.session.get_modelmeta().custom_metadata_map["stylize"])
         except Exception as e:
             raise StylizeError(f"{graph}: not a stylize ONNX graph ({type(e).__name__})")

@@ -157,3 +157,17 @@ def test_a_calibrated_model_applies_alike_in_pytorch_and_both_onnx_graphs(cin, t
     got = default.run(photo, default.condition(None), 1.0)
     assert np.abs(got.astype(int) - torch_path.run(x, torch_path.condition(None), 1.0).numpy().astype(int)).max() <= 1
     assert np.array_equal(torch_path.run(x, torch_path.condition(None), 0.0).numpy(), photo)  # 0: the photo
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_sessions_run_as_many_threads_as_cpus_the_process_may_use():
+    import onnxruntime as ort
+
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})  # as under `taskset -c 0` or a one-CPU container cpuset
+        assert onnx_runtime.session_options(ort).intra_op_num_threads == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    unrestricted = 0 if len(allowed) == os.cpu_count() else len(allowed)  # 0: ONNX Runtime's own choice
+    assert onnx_runtime.session_options(ort).intra_op_num_threads == unrestricted
