@@ -2,7 +2,7 @@
 the same photos and paintings (held out: neither trained nor tuned on), with quality figures, how
 much the output changes from painting to painting, a picture grid, and speed.
 
-  python bench/arbitrary.py --photos P [P ...] --paintings S [S ...] [--model arbitrary]
+  python bench/arbitrary.py --photos P [P ...] --paintings S [S ...] [--model arbitrary | --optimize STEPS]
          [--peer "../shared/tools/peer.sh stylize {photo} --style-image {style} -o {out} --device cpu"]
          [--out-dir bench/out/arbitrary] [--speed-photo P --runs 5 [--pin CPUS]] [--no-peer] [--json F]
 
@@ -35,9 +35,9 @@ from bench.common import PEER_SH, QUALITY, ROOT, add_pin_option, load_quality, p
 PEER = f"{PEER_SH} stylize {{photo}} --style-image {{style}} -o {{out}} --device cpu"
 
 
-def ours(photo: Path, style: Path, out: Path, model: str) -> list[str]:
-    return [sys.executable, "-m", "stylize", "apply", str(photo), "--model", model, "--style", str(style),
-            "--out", str(out)]
+def ours(photo: Path, style: Path, out: Path, model: str, optimize: int = 0) -> list[str]:
+    how = ["--optimize", str(optimize)] if optimize else ["--model", model]  # --optimize: no model
+    return [sys.executable, "-m", "stylize", "apply", str(photo), *how, "--style", str(style), "--out", str(out)]
 
 
 def differences(outputs: list[Path]) -> float:
@@ -94,6 +94,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--quality", type=Path, default=QUALITY)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "arbitrary")
+    ap.add_argument("--optimize", type=int, default=0, metavar="STEPS",
+                    help="stylize apply --optimize STEPS (no model) instead of --model")
     ap.add_argument("--speed-photo", type=Path)
     ap.add_argument("--runs", type=int, default=5)
     add_pin_option(ap)
@@ -106,14 +108,15 @@ def main(argv=None) -> dict:
         for p in args.photos:
             cells[p, s, "stylize"] = out = args.out_dir / "stylize" / s.stem / f"{p.stem}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
-            timed(ours(p, s, out, args.model))
+            timed(ours(p, s, out, args.model, args.optimize))
             if "peer" in tools:  # the peer's outputs do not depend on our model: kept between runs
                 out = args.out_dir / "peer" / s.stem / f"{p.stem}.png"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if not out.exists():
                     timed(args.peer.format(photo=p, style=s, out=out))
                 cells[p, s, "peer"] = out
-    report: dict = {"model": args.model, "photos": [p.name for p in args.photos],
+    report: dict = {"model": f"--optimize {args.optimize}" if args.optimize else args.model,
+                    "photos": [p.name for p in args.photos],
                     "paintings": [s.name for s in args.paintings], "figures": {}}
     for t in tools:
         figs = [score(str(p), str(s), str(cells[p, s, t])) for p in args.photos for s in args.paintings]
@@ -138,7 +141,7 @@ def main(argv=None) -> dict:
             for i in range(args.runs + 1):
                 for t in tools:
                     out = Path(tmp) / f"{t}_{i}.png"
-                    cmd = (ours(args.speed_photo, style, out, args.model) if t == "stylize"
+                    cmd = (ours(args.speed_photo, style, out, args.model, args.optimize) if t == "stylize"
                            else args.peer.format(photo=args.speed_photo, style=style, out=out))
                     s, _ = timed(cmd)
                     if i:

@@ -220,6 +220,7 @@ def apply(
     runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx (ONNX Runtime, faster), torch, or auto (onnx where it covers the request)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only: no progress, notices or summary."),
     smooth: float = typer.Option(A.smooth, min=0.0, max=0.99, help="Video: damp flicker where the picture is still (0: every frame on its own)."),
+    optimize: int = typer.Option(A.optimize, min=0, metavar="STEPS", help="No network: optimize the photo itself toward one --style painting for STEPS steps (Gatys et al.; 200: about 45 s on 2 CPU cores). Each painting's own marks."),
 ):
     """Stylize photos with a trained model. Folders are searched recursively; a file that fails is
     reported and the rest go on (exit 1 if any failed). Ctrl-C or kill stops cleanly; run again with
@@ -232,6 +233,9 @@ stylized frame by frame with its sound kept, one video per command."""
     from .mixing import check_strength, style_image
     from .pipeline import MIN_TILE
 
+    if optimize and (model is not None or mask is not None):
+        raise StylizeError("--optimize paints without a model, with one --style painting: leave out "
+                           + ("--model" if model is not None else "--mask"))
     if model is None:  # a painting as --style means an adaptive model
         paintings = style and any(Path(style_image(s)[0]).suffix.lower() in IMAGE_EXTENSIONS for s in style)
         model = DEFAULT_ADAPTIVE_MODEL if paintings else A.model
@@ -242,6 +246,8 @@ stylized frame by frame with its sound kept, one video per command."""
     from .video import is_video
 
     videos = [i for i in inputs if is_video(i)]
+    if videos and optimize:
+        raise StylizeError(f"{videos[0]}: --optimize takes photos, not videos (minutes a frame)")
     if videos and (len(inputs) > 1 or mask is not None or str(out) == "-"):
         raise StylizeError(f"{videos[0]}: a video is stylized alone, without --mask or pipes: one video per command")
     to_stdout = str(out) == "-" or (inputs == ["-"] and out is None)
@@ -259,30 +265,19 @@ stylized frame by frame with its sound kept, one video per command."""
     shard.use_gpu()
     total = len(pairs)
     mine = len(range(shard.rank, total, shard.world))
-    tile_bar = None
-
-    def tile_progress(done: int, steps: int):  # one big photo in tiles: minutes on a CPU, so show them
-        nonlocal tile_bar
-        if total > 1 or quiet:
-            return
-        if tile_bar is None:
-            from tqdm import tqdm
-
-            tile_bar = tqdm(total=steps, desc="tiles", unit="tile", leave=False, dynamic_ncols=True)
-        tile_bar.update(done - tile_bar.n)
-        if done == steps:
-            tile_bar.close()
-            tile_bar = None
+    tile_progress = _steps_bar("tiles", "tile", total, quiet)
+    step_progress = _steps_bar("optimizing", "step", total, quiet)
 
     config = ApplyConfig(model=model, styles=style, strength=strength, mask=str(mask) if mask else None,
                          preserve_color=preserve_color, color_method=color_method, skip_existing=skip_existing,
                          style_size=style_size, max_size=max_size, tile=tile, memory_mb=memory,
-                         out_dir=str(out_dir), quality=quality, device=device, runtime=runtime, smooth=smooth)
+                         out_dir=str(out_dir), quality=quality, device=device, runtime=runtime, smooth=smooth,
+                         optimize=optimize)
     if videos:
         from . import video
 
         video.check(*pairs[0])
-    stylizer = open_stylizer(config, notice, tile_progress)
+    stylizer = open_stylizer(config, notice, tile_progress, step_progress)
     if videos:
         return _apply_video(stylizer, *pairs[0], config, quiet, notice)
     # the bar counts the work to do, so its img/s is the real rate on a resumed run
@@ -318,6 +313,27 @@ stylized frame by frame with its sound kept, one video per command."""
              "to finish", 128 + killed.get("signum", signal.SIGINT))
     if report.failed:
         raise typer.Exit(1)
+
+
+def _steps_bar(desc: str, unit: str, photos: int, quiet: bool):
+    """progress(done, steps) for the work on one photo (its tiles, its optimization steps: minutes on a
+    CPU, so they are shown); nothing for a batch, whose bar counts photos."""
+    bar = None
+
+    def progress(done: int, steps: int):
+        nonlocal bar
+        if photos > 1 or quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=steps, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done == steps:
+            bar.close()
+            bar = None
+
+    return progress
 
 
 def _notice(message: str) -> None:

@@ -170,11 +170,14 @@ class PerceptualLoss(nn.Module):
                                    self.targets[layer][style_index][:, pick])
         return relative_error(style_stats(f, self.style_loss), self.targets[layer][style_index])
 
-    def forward(self, y, x, style_index=None, strength=None, weights=None, directions=None) -> dict[str, torch.Tensor]:
+    def forward(self, y, x, style_index=None, strength=None, weights=None, directions=None,
+                content_features=None) -> dict[str, torch.Tensor]:
         """y: output, x: content, style_index: (B,) which style each example is trained on,
         strength: (B,) in [0, 1] scaling the style term, weights: dict of term weights,
-        directions: draw_directions() for the sliced loss (None: the first C of each layer's)."""
-        fy, fx = self.net(y), self.net(x)
+        directions: draw_directions() for the sliced loss (None: the first C of each layer's),
+        content_features: self.net(x), where the caller keeps it for many steps (optimize.py)."""
+        fy = self.net(y)
+        fx = self.net(x) if content_features is None else content_features
         b = y.shape[0]
         if style_index is None:
             style_index = torch.zeros(b, dtype=torch.long, device=y.device)

@@ -27,13 +27,21 @@ MIN_TILE = 64
 
 
 def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = None,
-                  tile_progress: Callable[[int, int], None] | None = None):
+                  tile_progress: Callable[[int, int], None] | None = None,
+                  step_progress: Callable[[int, int], None] | None = None):
     """The stylizer for a request: ONNX Runtime on the CPU where it covers the request (faster start
     and forward, onnx_runtime.py), else PyTorch (masks, tiles, colour preservation, interpolating
-    paintings, GPUs). `config.runtime` "onnx" refuses what ONNX Runtime does not cover; "torch" never uses it."""
+    paintings, GPUs). `config.runtime` "onnx" refuses what ONNX Runtime does not cover; "torch" never uses it.
+    With `config.optimize`, no model: the optimization (optimize.py), its steps to `step_progress`."""
     from . import graphs, onnx_runtime
 
     c = config
+    if c.optimize:
+        if c.runtime == "onnx":
+            raise StylizeError("--runtime onnx does not cover --optimize; use --runtime torch or auto")
+        from .optimize import OptimizingStylizer
+
+        return OptimizingStylizer(c.optimize, c.device, step_progress)
 
     def torch_stylizer():
         from .inference import load_stylizer

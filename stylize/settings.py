@@ -36,6 +36,8 @@ DEFAULT_ADAPTIVE_MODEL = "arbitrary"  # shipped too: used when --style is an ima
 # longest side of the style image when its statistics are taken, when the settings name none: a fixed
 # style's once at the start; an arbitrary-style network's painting every step, so smaller
 STYLE_SIZE = {"fixed": 1024, "adaptive": 384}
+# --optimize (optimize.py): the shorter side a photo is optimized at; the marks' scale and the time's bound
+OPTIMIZE_SIZE = 384
 # learning-rate multiple of what depends on the style, when the settings name none (TrainConfig.style_lr_scale)
 STYLE_LR_SCALE = {"fixed": 10.0, "adaptive": 4.0}
 
@@ -131,6 +133,8 @@ class ApplyConfig:
     # video: how much of the previous output frame a still pixel keeps, damping flicker (video.py;
     # chosen with bench/video.py: flicker falls to about half, with little trailing behind motion)
     smooth: float = 0.8
+    # steps of style transfer by optimization (optimize.py) instead of a model's network; 0: the network
+    optimize: int = 0
 
     @property
     def match_color(self) -> bool:

@@ -13,7 +13,8 @@ writes, into --out:
 
 With --paintings A B C D it also writes ../docs/arbitrary_examples.jpg: every example photo through
 those paintings (the model card's held-out ones), the outputs only, since the paintings are not ours
-to ship.
+to ship; with --optimize STEPS as well, ../docs/optimize_examples.jpg: per painting, the arbitrary
+model's output beside `stylize apply --optimize STEPS`'s (minutes on a CPU).
 
 Photos are scaled to --size px (longest side) first, so strokes look as they do on a photo of that
 size. Everything here is the library's public API; nothing is tuned per picture.
@@ -112,11 +113,26 @@ def examples_sheet(photos, paintings: list[Path]) -> Image.Image:
                       for name, x in photos])
 
 
+def optimize_sheet(photos, paintings: list[Path], steps: int) -> Image.Image:
+    from stylize.optimize import Optimizer, painting_for
+
+    s = load_stylizer(DEFAULT_ADAPTIVE_MODEL, "cpu")
+    rows = [[(to_pil(x), name)] for name, x in photos]
+    for p in paintings:
+        with torch.enable_grad():
+            opt = Optimizer(painting_for(str(p)))
+            for row, (name, x) in zip(rows, photos):
+                row += [(to_pil(s.run(x, s.condition([str(p)]), 1.0)), f"{p.stem}: model"),
+                        (to_pil(opt(x, steps)), f"--optimize {steps}")]
+    return tile_grid(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "examples")
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--paintings", nargs="*", type=Path, default=[])
+    ap.add_argument("--optimize", type=int, default=0, metavar="STEPS")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     photos = [(p, load_image(ROOT / "examples" / p, max_size=args.size)[0]) for p in PHOTOS]
@@ -135,6 +151,9 @@ def main() -> None:
     if args.paintings:
         sheet = examples_sheet(photos, args.paintings)
         print(f"wrote {save_pil(sheet, ROOT / 'docs' / 'arbitrary_examples.jpg', quality=90)}")
+    if args.paintings and args.optimize:
+        sheet = optimize_sheet(photos, args.paintings, args.optimize)
+        print(f"wrote {save_pil(sheet, ROOT / 'docs' / 'optimize_examples.jpg', quality=90)}")
 
 
 if __name__ == "__main__":

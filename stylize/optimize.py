@@ -1,0 +1,133 @@
+"""Style transfer by optimization (Gatys et al. 2016): `stylize apply --style PAINTING --optimize STEPS`.
+
+No network paints here: the output's pixels themselves are optimized, step by step, under the loss the
+models train with (losses.PerceptualLoss: content, Gram style and total variation on the loss
+network's features). It is slow (seconds per photo on a GPU, a minute or two on a CPU) but it takes
+each painting's own marks, which the arbitrary-style network, trained for hours on a CPU and a few
+dozen paintings, does not yet: it paints one family of strokes for every painting (weights/README.md).
+
+Departures from the paper, and why:
+- EfficientNet-Lite0 features (settings.LOSS_NET_LAYERS), not VGG-19: its ImageNet weights install
+  with pip, so it works offline; the same layers and weights as the trained models;
+- Adam on the pixels, from the photo, not L-BFGS from noise: a few hundred steps from the photo keep
+  it recognisable, and Adam's steps cost one forward and backward pass each (L-BFGS's line search more);
+- at a fixed work size (OPTIMIZE_SIZE, the photo's shorter side), then back to the photo's size with
+  its own fine detail (scale.restore), so the marks have one size and the time one bound for any photo.
+
+Library only: progress goes through a callback.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import scale
+from .settings import LOSS_NET_LAYERS, OPTIMIZE_SIZE, STYLE_SIZE, TrainConfig
+
+LOSS_NET = "efficientnet-lite0"
+LR = 0.02  # Adam's step on pixels in [0, 1]: 200 steps at it settle the marks (measured by eye on 4 paintings)
+
+
+class Optimizer:
+    """The loss network and one painting's targets, ready to optimize photos toward it."""
+
+    def __init__(self, painting: torch.Tensor, device: torch.device | str = "cpu"):
+        """painting: (3, H, W) float in [0, 1], its longest side about STYLE_SIZE["adaptive"]."""
+        from .losses import PerceptualLoss
+        from .vgg import loss_network
+
+        content, style = LOSS_NET_LAYERS[LOSS_NET]
+        self.device = torch.device(device)
+        self.loss = PerceptualLoss(loss_network(LOSS_NET, content + style), content, style, "gram").to(self.device)
+        self.loss.requires_grad_(False)
+        self.loss.set_styles([painting.float().to(self.device)])
+
+    def __call__(self, photo: torch.Tensor, steps: int, strength: float = 1.0,
+                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """photo (3, H, W) uint8 (or float in [0, 1]) -> the stylized photo, (3, H, W) uint8, blended with the photo by
+        `strength` as the models' outputs are (networks.py; 0 gives back the photo: scaling the style
+        term instead barely shows, the optimum at a fifth of it looks like the whole); progress(step,
+        steps) after every step."""
+        if photo.dtype != torch.uint8:  # float in [0, 1], as the Stylizers take too
+            photo = photo.mul(255).round().clamp(0, 255).to(torch.uint8)
+        if strength == 0 or steps == 0:
+            return photo.clone()
+        x = photo.numpy()
+        shape = scale.work_shape(x.shape[1], x.shape[2], {"work_size": OPTIMIZE_SIZE})
+        small = scale.resize(x, shape) if shape else x
+        y = self.optimize(torch.from_numpy(small), steps, progress)
+        y = scale.restore(y, small, x) if shape else y
+        if strength < 1:
+            y = np.clip(np.rint(x + strength * (y.astype(np.float32) - x)), 0, 255).astype(np.uint8)
+        return torch.from_numpy(y)
+
+    def optimize(self, photo: torch.Tensor, steps: int, progress: Callable[[int, int], None] | None) -> np.ndarray:
+        """Photo (3, h, w) uint8 at the size it is optimized at -> (3, h, w) uint8 array."""
+        t = TrainConfig()  # the models' loss weights: one place for them
+        weights = {"content": t.content_weight, "style": t.style_weight, "tv": t.tv_weight}
+        x = photo[None].float().div(255).to(self.device)
+        with torch.no_grad():
+            fx = self.loss.net(x)  # the photo's features: the same every step
+        y = x.clone().requires_grad_(True)
+        opt = torch.optim.Adam([y], lr=LR)
+        for step in range(steps):
+            opt.zero_grad(set_to_none=True)
+            self.loss(y, x, weights=weights, content_features=fx)["total"].backward()
+            opt.step()
+            with torch.no_grad():
+                y.clamp_(0, 1)
+            if progress:
+                progress(step + 1, steps)
+        return y.detach()[0].mul(255).round().to(torch.uint8).cpu().numpy()
+
+
+def painting_for(path: str, photo: torch.Tensor | None = None) -> torch.Tensor:
+    """A painting as the optimization reads it (longest side STYLE_SIZE["adaptive"]); with a photo
+    (uint8), recoloured to the photo's colours (--preserve-color --color-method match)."""
+    from .color import match_colors
+    from .data import load_style
+
+    painting = load_style(path, STYLE_SIZE["adaptive"])[1]
+    return painting if photo is None else match_colors(painting, photo.float() / 255)
+
+
+class OptimizingStylizer:
+    """The file pipeline's stylizer (pipeline.apply_files) for --optimize: one painting, no model."""
+
+    name, has_strength = "optimize", True
+    budget = 0  # every photo is read, optimized and written on its own: minutes each, nothing to queue
+
+    def __init__(self, steps: int, device: str = "auto", progress: Callable[[int, int], None] | None = None):
+        from .devices import pick_device
+
+        self.steps, self.device, self.progress = steps, pick_device(device), progress
+        self._optimizers: dict = {}
+
+    def load(self, path, max_size: int | None = None):
+        from .images import load_image
+
+        return load_image(path, max_size, torch.uint8)
+
+    @staticmethod
+    def load_mask(path, size):
+        from .errors import StylizeError
+
+        raise StylizeError("--optimize takes one painting, without --mask")
+
+    def condition(self, specs: list[str] | None, mask=None, photo=None, match_color: bool = False) -> Optimizer:
+        from .errors import StylizeError
+        from .mixing import style_image
+
+        if not specs or len(specs) != 1:
+            raise StylizeError("--optimize takes one painting: --style PAINTING.jpg")
+        path = style_image(specs[0])[0]
+        key = (path, id(photo) if match_color else None)
+        if key not in self._optimizers:
+            painting = painting_for(path, photo if match_color and photo is not None else None)
+            self._optimizers = {key: Optimizer(painting, self.device)}  # one painting (and photo) at a time
+        return self._optimizers[key]
+
+    def run(self, x: torch.Tensor, cond: Optimizer, strength: float) -> torch.Tensor:
+        return cond(x, self.steps, strength, self.progress)
