@@ -46,10 +46,10 @@ class Optimizer:
 
     def __call__(self, photo: torch.Tensor, steps: int, strength: float = 1.0,
                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """photo (3, H, W) uint8 (or float in [0, 1]) -> the stylized photo, (3, H, W) uint8, blended with the photo by
-        `strength` as the models' outputs are (networks.py; 0 gives back the photo: scaling the style
-        term instead barely shows, the optimum at a fifth of it looks like the whole); progress(step,
-        steps) after every step."""
+        """photo (3, H, W) uint8 (or float in [0, 1]) -> the stylized photo, (3, H, W) uint8, blended
+        with the photo by `strength` as the models' outputs are (networks.py; 0 gives back the photo:
+        scaling the style term instead barely shows, the optimum at a fifth of it looks like the
+        whole); progress(step, steps) after every step."""
         if photo.dtype != torch.uint8:  # float in [0, 1], as the Stylizers take too
             photo = photo.mul(255).round().clamp(0, 255).to(torch.uint8)
         if strength == 0 or steps == 0:
