@@ -10,7 +10,8 @@ is slower than fp32 on CPUs without AMX or AVX-512 BF16; ask for them with --lev
 """
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 
@@ -22,7 +23,8 @@ LEVERS = {
     "channels_last": "the VGG loss network in channels_last (NHWC) layout, what tensor-core convolutions read "
                      "natively. Not the transformer: torch's CUDA reflection pad always writes NCHW, so every "
                      "layer would pay two layout copies",
-    "cudnn_benchmark": "cuDNN times its convolution algorithms once per shape and keeps the fastest",
+    "cudnn_benchmark": "cuDNN times its convolution algorithms once per shape and keeps the fastest "
+                       "(not for inputs whose shape changes every step: fixed_algorithms)",
     "fused_adam": "Adam's update in one fused kernel over all parameters",
     "gpu_data": "photos decoded once by loader workers, kept on the GPU as uint8, cropped and mirrored "
                 "there (data.DeviceCrops)",
@@ -66,3 +68,18 @@ def apply_global(levers: frozenset[str]) -> None:
     """Process-wide switches. cudnn.benchmark stays on after training: it only affects speed."""
     if "cudnn_benchmark" in levers:
         torch.backends.cudnn.benchmark = True
+
+
+@contextmanager
+def fixed_algorithms() -> Iterator[None]:
+    """cuDNN's own choice of algorithms, without timing them, inside; the cudnn_benchmark setting after.
+    For inputs whose shape changes every step, a painting's random view (training.PredictionRecipe):
+    autotuning times every convolution again for each new shape, and on an H200 the arbitrary-style
+    recipe ran at 0.86 s a step (three runs side by side), against 0.12 s for a single style's fixed
+    crops: the likely cause, not yet measured again with this in place (docs/benchmarks.md)."""
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old

@@ -349,7 +349,7 @@ class PredictionRecipe:
         self.weights = loss_weights(cfg)
 
     def features(self, painting: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
+        with torch.no_grad(), speed.fixed_algorithms():  # a view's shape changes every step
             return self.loss.net(painting[None].to(self.device))
 
     def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:

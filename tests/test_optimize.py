@@ -82,6 +82,15 @@ def test_apply_optimize_writes_the_photo_stylized(tmp_path, photo):
     assert y.shape == x.shape and np.abs(y.astype(int) - x).mean() > 3  # it changed the photo
 
 
+def test_apply_optimize_says_which_flags_it_does_not_use(tmp_path, photo):
+    style = tmp_path / "painting.png"
+    make_style(3).save(style)
+    out = tmp_path / "out.png"
+    result = invoke("apply", photo, "--style", style, "--optimize", 2, "--tile", 256, "--style-size", 200, "--out", out)
+    assert result.exit_code == 0 and out.exists(), result.output
+    assert "--tile and --style-size do not apply to --optimize" in result.output
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["--model", "arbitrary"], "leave out --model"),
     (["--mask", "MASK"], "leave out --mask"),

@@ -128,6 +128,19 @@ def test_an_arbitrary_run_goes_on_with_more_paintings_and_another_predictor_rate
     assert second["optimizer"]["param_groups"][1]["lr_scale"] == pytest.approx(2.0 * 8 ** -0.5)
 
 
+def test_painting_views_skip_cudnn_autotuning(tmp_path, photos_dir, paintings, monkeypatch):
+    """A painting's random view has a new shape every step: timing cuDNN's algorithms again for each
+    would cost more than it saves (speed.fixed_algorithms). The run's own setting stays for the rest."""
+    from stylize.training import PredictionRecipe
+
+    recipe = PredictionRecipe(arbitrary_config(tmp_path, photos_dir, paintings), torch.device("cpu"), 0)
+    seen = []
+    recipe.loss.net.register_forward_pre_hook(lambda module, args: seen.append(torch.backends.cudnn.benchmark))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # the cudnn_benchmark lever, on
+    recipe.features(augment(recipe.paintings[0], 48, torch.Generator().manual_seed(0)))
+    assert seen == [False] and torch.backends.cudnn.benchmark
+
+
 def test_init_starts_from_a_model_and_builds_its_network(arbitrary_model, tmp_path, photos_dir, paintings):
     """--init (fine-tuning): the run starts from the file's weights (at lr 0 they stay), with the network
     that file holds whatever the flags say, and records where it started; without it, random weights."""
