@@ -13,8 +13,7 @@ from typing import List, Optional
 import typer
 
 from .errors import StylizeError
-from .settings import (AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, LR_SCHEDULES, NETWORKS, NORMS,
-                       OPTIMIZE_SIZE, RUNTIMES, STYLE_LOSSES, STYLE_SIZE, ApplyConfig, ServeConfig, TrainConfig)
+from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, LR_SCHEDULES, NETWORKS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, ServeConfig, TrainConfig
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fast neural style transfer: train style networks and apply them to photos.")
@@ -259,10 +258,6 @@ stylized frame by frame with its sound kept, one video per command."""
     from .pipeline import Interrupted, apply_files, open_stylizer, plan
 
     notice = (lambda message: None) if quiet else _notice
-    ignored = [flag for flag, given in (("--tile", tile), ("--style-size", style_size is not None)) if given]
-    if optimize and ignored:  # optimize.py works at one size, its marks' size with it
-        notice(f"{' and '.join(ignored)} do{'es' * (len(ignored) == 1)} not apply to --optimize: it works at "
-               f"{OPTIMIZE_SIZE} px (the photo's shorter side), the painting at {STYLE_SIZE['adaptive']} px (its longest)")
     pairs = plan(inputs, out, out_dir, notice)  # --out with several inputs fails here, before any work
     paths = [dst for _, dst in pairs]
     _check_writable(out.parent if out is not None else out_dir)

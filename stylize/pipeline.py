@@ -40,7 +40,13 @@ def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = No
         if c.runtime == "onnx":
             raise StylizeError("--runtime onnx does not cover --optimize; use --runtime torch or auto")
         from .optimize import OptimizingStylizer
+        from .settings import OPTIMIZE_SIZE, STYLE_SIZE
 
+        ignored = [flag for flag, given in (("--tile", c.tile), ("--style-size", c.style_size is not None)) if given]
+        if ignored and notice:  # it works at one size, its marks' size with it
+            notice(f"{' and '.join(ignored)} do{'es' * (len(ignored) == 1)} not apply to --optimize: it works at "
+                   f"{OPTIMIZE_SIZE} px (the photo's shorter side), the painting at {STYLE_SIZE['adaptive']} px "
+                   "(its longest)")
         return OptimizingStylizer(c.optimize, c.device, step_progress)
 
     def torch_stylizer():
