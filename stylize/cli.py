@@ -98,6 +98,8 @@ def train(
     tv_weight: float = typer.Option(T.tv_weight, min=0, help="Weight of the total-variation loss."),
     color_weight: float = typer.Option(T.color_weight, min=0, help="Weight of the palette term (output colours distributed as the style's)."),
     pixel_weight: float = typer.Option(T.pixel_weight, min=0, help="Pull of low-strength outputs toward the photo."),
+    jitter: int = typer.Option(T.jitter, min=0, help="Translate output and photo by up to this many pixels before "
+                               "the loss network, anew each step (takes away the fine hatching that meets the loss cheaply)."),
     lr: float = typer.Option(T.lr, min=0),
     style_lr_scale: Optional[float] = typer.Option(T.style_lr_scale, min=0, help="Learning-rate multiple of what "
                                                    "depends on the style: several styles' tables; for --norm adaptive, "
@@ -134,7 +136,7 @@ def train(
     cfg = TrainConfig(style=[str(s) for s in style or []], content=str(content) if content else None, out=str(out),
                       norm=norm, network=network, width=width, strength=strength, iterations=iterations, batch_size=batch_size,
                       image_size=image_size, content_size=content_size, style_size=style_size, content_weight=content_weight,
-                      style_weight=style_weight, tv_weight=tv_weight, color_weight=color_weight, pixel_weight=pixel_weight, lr=lr,
+                      style_weight=style_weight, tv_weight=tv_weight, color_weight=color_weight, pixel_weight=pixel_weight, jitter=jitter, lr=lr,
                       style_lr_scale=style_lr_scale,
                       lr_schedule=lr_schedule, loss_net=loss_net, vgg_weights=str(vgg_weights) if vgg_weights else None,
                       style_loss=style_loss, device=device, seed=seed, checkpoint_every=checkpoint_every,

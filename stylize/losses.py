@@ -62,6 +62,20 @@ def total_variation(y: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
+def translate(t: torch.Tensor, dy: int, dx: int, reach: int) -> torch.Tensor:
+    """t (B, C, H, W) moved by (dy, dx) pixels, |dy|, |dx| <= reach, its edges filled by reflection; the
+    same size."""
+    h, w = t.shape[-2:]
+    padded = F.pad(t, (reach,) * 4, mode="reflect")
+    return padded[..., reach - dy: reach - dy + h, reach - dx: reach - dx + w]
+
+
+def draw_shift(reach: int, generator: torch.Generator | None = None) -> tuple[int, int]:
+    """A random translation (dy, dx), each in [-reach, reach]."""
+    dy, dx = torch.randint(-reach, reach + 1, (2,), generator=generator).tolist()
+    return dy, dx
+
+
 def relative_error(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-example squared error divided by the target's squared size: (B, ...) -> (B,)."""
     dims = tuple(range(1, y.dim()))
@@ -171,11 +185,20 @@ class PerceptualLoss(nn.Module):
         return relative_error(style_stats(f, self.style_loss), self.targets[layer][style_index])
 
     def forward(self, y, x, style_index=None, strength=None, weights=None, directions=None,
-                content_features=None) -> dict[str, torch.Tensor]:
+                content_features=None, shift=None) -> dict[str, torch.Tensor]:
         """y: output, x: content, style_index: (B,) which style each example is trained on,
         strength: (B,) in [0, 1] scaling the style term, weights: dict of term weights,
         directions: draw_directions() for the sliced loss (None: the first C of each layer's),
-        content_features: self.net(x), where the caller keeps it for many steps (optimize.py)."""
+        content_features: self.net(x), where the caller keeps it for many steps (optimize.py),
+        shift: (dy, dx, reach), output and photo both translated by (dy, dx) before the loss network.
+
+        Departure from Johnson et al. and Gatys et al.: the shift ("transformation robustness" of
+        feature visualization). The loss network's features are not robust to sub-pixel patterns, and
+        an image optimized (or a network trained) against one fixed alignment learns to exploit them:
+        a rainbow speckle or a uniform fine hatching that meets the Gram targets cheaply. A new
+        translation every step takes that away (issue 29: on pixels it turns the speckle into swirls)."""
+        if shift is not None:
+            y, x = translate(y, *shift), translate(x, *shift)
         fy = self.net(y)
         fx = self.net(x) if content_features is None else content_features
         b = y.shape[0]

@@ -69,6 +69,9 @@ class TrainConfig:
     # pulls low-strength outputs to the photo (only with strength); about the style weight, so that
     # strength 0.5 looks half-way (with 10 against 100, 0.25 already gave 60% of the full change)
     pixel_weight: float = 100.0
+    # the loss network sees output and photo translated by up to this many pixels, anew each step
+    # (losses.PerceptualLoss: it takes away the sub-pixel patterns that meet the loss cheaply)
+    jitter: int = 0
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
     # learning-rate multiple of what depends on the style: several styles' (CIN) tables; for
     # --norm adaptive, the predictor's bottleneck and projections (on top of their fan-in scaling).
@@ -102,7 +105,8 @@ class TrainConfig:
 
 # What runs recorded before these settings existed were trained with.
 LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024, "color_weight": 0.0,
-          "style_lr_scale": 1.0, "output": "residual"}
+          "style_lr_scale": 1.0, "output": "residual",
+          "jitter": 0}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .devices import pick_device
 from .data import batches, content_files, load_style, style_files
 from .errors import StylizeError
 from .images import load_image, save_image
-from .losses import PerceptualLoss
+from .losses import PerceptualLoss, draw_shift
 from .networks import NetConfig, TransformerNet
 from .norms import Condition
 from .settings import (LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_LR_SCALE, STYLE_SIZE, TrainConfig,
@@ -58,6 +58,12 @@ def sample_strengths(batch: int, g: torch.Generator) -> torch.Tensor:
     users apply, so it gets the most training, while the rest teaches the whole range."""
     s = torch.rand(batch, generator=g)
     return torch.where(torch.rand(batch, generator=g) < 0.5, torch.ones_like(s), s)
+
+
+def jitter(cfg: TrainConfig, draws: torch.Generator) -> tuple[int, int, int] | None:
+    """This step's translation before the loss network (losses.PerceptualLoss), or None; drawn only
+    when the run jitters, so runs without it draw as they always did and resume in step."""
+    return (*draw_shift(cfg.jitter, draws), cfg.jitter) if cfg.jitter else None
 
 
 def loss_weights(cfg: TrainConfig) -> dict[str, float]:
@@ -210,13 +216,14 @@ class TransformerRecipe:
         style_index = torch.randint(n_styles, (b,), generator=draws)  # drawn even for a skipped batch,
         strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # so resume stays in step
         directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
+        shift = jitter(self.cfg, draws)
         if x is None:
             return None, 0
         style_index, strength = self.shard.part(style_index), self.shard.part(strength)
         si, st = style_index[:len(x)].to(self.device), strength[:len(x)].to(self.device)
         cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.strength else None)
         y = self.model(x, cond)
-        return self.loss(y, x, si, st, self.weights, directions), len(x)
+        return self.loss(y, x, si, st, self.weights, directions, shift=shift), len(x)
 
     def param_groups(self) -> list[dict]:
         """Departure from Dumoulin et al. (who train 40,000 steps): with several styles, the per-style
@@ -364,11 +371,12 @@ class PredictionRecipe:
         if self.cfg.color_weight:
             self.loss.set_colors([painting.to(self.device)])
         directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
+        shift = jitter(self.cfg, draws)
         if x is None:
             return None, 0
         strength = self.shard.part(strength)[:len(x)].to(self.device)
         y = self.model(x, features, strength if self.cfg.strength else None)
-        return self.loss(y, x, None, strength, self.weights, directions), len(x)
+        return self.loss(y, x, None, strength, self.weights, directions, shift=shift), len(x)
 
     @torch.no_grad()
     def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
