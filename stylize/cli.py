@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -44,6 +45,9 @@ def clean_errors(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
+        for name, value in kwargs.items():  # before any work: a NaN would train or stylize to nothing
+            if isinstance(value, float) and not math.isfinite(value):
+                fail(f"--{name.replace('_', '-')} {value}: must be a finite number")
         try:
             return command(*args, **kwargs)
         except StylizeError as e:
@@ -61,6 +65,12 @@ def clean_errors(command):
 
 
 _AUTO = ", ".join(f"{v} for {k}" for k, v in AUTO_STYLE_LOSS.items())
+
+
+def _from_env(ctx: typer.Context, name: str) -> bool:
+    """Whether an option's value came from its environment variable."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "ENVIRONMENT"
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -113,7 +123,7 @@ def train(
     seed: int = typer.Option(T.seed),
     checkpoint_every: int = typer.Option(T.checkpoint_every, min=0, help="Iterations between checkpoints (0: only at the end)."),
     sample_every: int = typer.Option(T.sample_every, min=0, help="Iterations between sample grids (0: only at the end)."),
-    workers: int = typer.Option(T.workers, help="Data loader processes (-1: 4 on CUDA, 0 on CPU)."),
+    workers: int = typer.Option(T.workers, min=-1, help="Data loader processes (-1: 4 on CUDA, 0 on CPU)."),
     levers: str = typer.Option(T.levers, help="Speed levers: auto (every one but compile on CUDA, none "
                                "elsewhere), none, all, or names such as bf16,channels_last (see stylize/speed.py)."),
     init: Optional[Path] = typer.Option(None, help="Model file (or shipped model name) to fine-tune: its network "
@@ -221,7 +231,7 @@ def apply(
     device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
     runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx (ONNX Runtime, faster), torch, or auto (onnx where it covers the request)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only: no progress, notices or summary."),
-    smooth: float = typer.Option(A.smooth, min=0.0, max=0.99, help="Video: damp flicker where the picture is still (0: every frame on its own)."),
+    smooth: float = typer.Option(A.smooth, min=0.0, max=0.99, help="Video: steady the strokes along the motion, where it explains the change (0: every frame on its own)."),
     optimize: int = typer.Option(A.optimize, min=0, metavar="STEPS", help="No network: optimize the photo itself toward one --style painting for STEPS steps (Gatys et al.; 200: about 45 s on 2 CPU cores). Each painting's own marks."),
 ):
     """Stylize photos with a trained model. Folders are searched recursively; a file that fails is
@@ -230,7 +240,11 @@ def apply(
     result goes to standard output as a PNG (so does `--out -`). A video (MP4, MOV, MKV, WebM, AVI) is
 stylized frame by frame with its sound kept, one video per command."""
     _choice(device, DEVICES, "--device")
-    _choice(runtime, RUNTIMES, "--runtime")
+    _choice(runtime, RUNTIMES, "STYLIZE_RUNTIME" if _from_env(ctx, "runtime") else "--runtime")
+    if out is not None and _given(ctx, "out_dir"):
+        raise StylizeError("--out names one output file and --out-dir a folder for several: give one of them")
+    if out is not None and str(out) != "-" and (out.is_dir() or str(out).endswith(("/", "\\"))):
+        raise StylizeError(f"--out {out}: a folder; use --out-dir {out} (--out names one output file)")
     from .images import IMAGE_EXTENSIONS
     from .mixing import check_strength, style_image
     from .pipeline import MIN_TILE
@@ -253,15 +267,22 @@ stylized frame by frame with its sound kept, one video per command."""
     if videos and (len(inputs) > 1 or mask is not None or str(out) == "-"):
         raise StylizeError(f"{videos[0]}: a video is stylized alone, without --mask or pipes: one video per command")
     to_stdout = str(out) == "-" or (inputs == ["-"] and out is None)
+    piped = None
     if "-" in inputs or to_stdout:
         inputs, out = _pipe_files(ctx, inputs, out, to_stdout)
+        piped = inputs[0] if "-" in ctx.params["inputs"] else None  # errors say "standard input", not a temp path
         quiet = quiet or to_stdout  # standard output carries the image alone
     from .distributed import Shard
-    from .pipeline import Interrupted, apply_files, open_stylizer, plan
+    from .pipeline import Interrupted, apply_files, open_stylizer, plan, written
 
     notice = (lambda message: None) if quiet else _notice
     pairs = plan(inputs, out, out_dir, notice)  # --out with several inputs fails here, before any work
     paths = [dst for _, dst in pairs]
+    if not videos:
+        from .images import check_output_format
+
+        for dst in paths[:1] if out is not None else []:  # before any work, not after it
+            check_output_format(dst)
     _check_writable(out.parent if out is not None else out_dir)
     shard = Shard.from_env()  # under torchrun: every N-th input, on this process's own GPU
     shard.use_gpu()
@@ -283,7 +304,7 @@ stylized frame by frame with its sound kept, one video per command."""
     if videos:
         return _apply_video(stylizer, *pairs[0], config, quiet, notice)
     # the bar counts the work to do, so its img/s is the real rate on a resumed run
-    existing = {p for p in paths[shard.rank::shard.world] if p.exists()} if skip_existing else set()
+    existing = {p for p in paths[shard.rank::shard.world] if written(p)} if skip_existing else set()
     with _bar(total=mine - len(existing), unit="img", disable=total < 2 or not shard.lead or quiet) as bar, \
             _kill_as_interrupt() as killed:
         try:
@@ -292,7 +313,7 @@ stylized frame by frame with its sound kept, one video per command."""
         except Interrupted as e:
             report = e.report
     for src, why in report.failed:
-        typer.echo(f"error: {why}", err=True)
+        typer.echo(f"error: {why.replace(piped, 'standard input') if piped else why}", err=True)
     done = len(report.written) + len(report.failed)
     if to_stdout and report.written:
         sys.stdout.buffer.write(report.written[0].read_bytes())
@@ -364,9 +385,10 @@ def _bar(total: int, unit: str, disable: bool):
 def _apply_video(stylizer, src: Path, dst: Path, config, quiet, notice) -> None:
     from tqdm import tqdm
 
+    from .pipeline import written
     from .video import frame_count, stylize_video
 
-    if config.skip_existing and dst.exists():
+    if config.skip_existing and written(dst):
         typer.echo(f"skipped {dst}: it exists (--skip-existing)")
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -491,38 +513,49 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON for sc
         typer.echo(f"{r['name']:<20} {r['norm']:<12} {', '.join(r['styles'])}  ({r['path']})")
 
 
-@app.command()
+@app.command(help="A local web page: drop a photo, pick a style or drop a painting, move the strength, download."
+             f"\n\nOne picture is made at a time. Connections that send no request within {S.header_timeout:g} s are "
+             f"closed; past {S.max_connections} at once, requests are answered 503. Uploads live in a temporary folder, "
+             "removed when the server stops (Ctrl-C, SIGTERM or SIGHUP).")
 @clean_errors
 def serve(
     model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="MODEL", help="Models to offer [default: every shipped one]."),
     host: str = typer.Option(S.host, help="Address to listen on; 127.0.0.1 is this machine only (0.0.0.0: anyone who can reach it)."),
-    port: int = typer.Option(S.port, min=0, max=65535),
-    max_size: int = typer.Option(S.max_size, min=16, help="Longest side photos are stylized at."),
-    max_upload: float = typer.Option(S.max_upload_mb, min=0.01, help="Largest photo or painting accepted, MB."),
+    port: int = typer.Option(S.port, min=0, max=65535, help="Port to listen on (0: any free one)."),
+    allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", metavar="NAME", help="Another name the page is reached by (repeat); requests naming any other Host, or sent by another page (Origin), are refused."),
+    max_size: int = typer.Option(S.max_size, min=16, help="Longest side photos are stylized at; larger ones are scaled down (the page says so)."),
+    max_upload: float = typer.Option(S.max_upload_mb, min=0.01, help="Largest request (photo and painting) accepted, MB; counted as it streams."),
+    max_megapixels: float = typer.Option(S.max_megapixels, min=0.01, help="Most pixels a photo or painting may have, read from its header before decoding (decoding takes ~4 bytes a pixel)."),
+    queue: int = typer.Option(S.max_queue, min=1, help="Pictures that may wait for the worker; past it, requests are refused (503) until some are done."),
+    model_memory: float = typer.Option(S.model_memory_mb, min=0, help="Memory for the models kept open, MB (~150 each at --max-size 1024); the least recently used are closed first."),
     device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
     runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx, torch, or auto."),
 ):
-    """A local web page: drop a photo, pick a style or drop a painting, move the strength, download."""
+    """A local web page (server.py); its help, with the fixed limits, is the decorator's."""
     _choice(device, DEVICES, "--device")
     _choice(runtime, RUNTIMES, "--runtime")
     from importlib.util import find_spec
 
     if not all(find_spec(m) for m in ("starlette", "uvicorn", "multipart")):  # multipart: Starlette's forms
         raise StylizeError("stylize serve needs Starlette and uvicorn: pip install 'stylize[serve]'")
-    import uvicorn
+    from .server import Studio, default_models, listen, make_server, run, url
 
-    from .server import Studio, default_models, make_app
-
-    studio = Studio(model or default_models(), max_size, max_upload, device, runtime)
+    sock = listen(host, port)  # before saying the address: a taken port is one line
     try:
-        config = uvicorn.Config(make_app(studio), host=host, port=port, log_level="warning")
-        server = uvicorn.Server(config)
-        typer.echo(f"stylize: open http://{host}:{port}/ in a browser (Ctrl-C stops)")
-        server.run()
-        if not server.started:
-            raise StylizeError(f"cannot listen on {host}:{port} (in use, or not an address of this machine)")
-    finally:
-        studio.close()
+        studio = Studio(model or default_models(), max_size, max_upload, device, runtime, max_megapixels, queue,
+                        model_memory)
+    except BaseException:
+        sock.close()
+        raise
+    server = make_server(studio, sock, allow_host or ())
+    typer.echo(f"stylize: open {url(sock)} in a browser (Ctrl-C stops)")
+    try:
+        stopped = run(server, sock, studio)
+    except KeyboardInterrupt:
+        stopped = signal.SIGINT
+    if stopped:
+        typer.echo(f"stylize: stopped ({signal.Signals(stopped).name})", err=True)
+        raise typer.Exit(128 + stopped)
 
 
 @app.command()

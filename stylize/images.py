@@ -162,13 +162,20 @@ def to_pil(x, alpha=None) -> Image.Image:
     return im
 
 
+def check_output_format(path: Path) -> str:
+    """The format an output path's suffix names, or a StylizeError."""
+    fmt = SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise StylizeError(f"{path}: unknown output format {path.suffix or '(no suffix)'}; use one of "
+                           f"{', '.join(sorted(SAVE_FORMATS))}")
+    return fmt
+
+
 def save_pil(im: Image.Image, path: str | Path, quality: int = 95, meta: dict | None = None) -> Path:
     """Write atomically: a temporary file in the same folder, then a rename. `meta` (metadata()) is
     kept as far as the format can hold it."""
     path = Path(path)
-    fmt = SAVE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise StylizeError(f"{path}: unknown output format; use one of {', '.join(sorted(SAVE_FORMATS))}")
+    fmt = check_output_format(path)
     folder = path.parent if str(path.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)

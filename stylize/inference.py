@@ -36,13 +36,13 @@ class Stylizer:
         self.tile, self.memory_mb, self.notice, self.tile_progress = tile, memory_mb, notice, tile_progress
         self.record = model if isinstance(model, dict) else modelfile.load(model)
         if self.record.get("kind") != "transformer":
-            raise StylizeError(f"{model}: model kind {self.record.get('kind')!r} is not supported by this version")
+            raise StylizeError(f"{self.record['path']}: a {self.record.get('kind')} model, not a transformer network")
         self.device = pick_device(device)
         self.name = Path(self.record["path"]).stem
         self.styles: list[str] = list(self.record["styles"])
         self.has_strength = bool(self.record["net"].get("strength"))  # --style-weight works
-        self.net = TransformerNet(NetConfig(**self.record["net"]))
-        self.net.load_state_dict({k: v.float() for k, v in self.record["state_dict"].items()})
+        self.net = modelfile.build(self.record, lambda: TransformerNet(NetConfig(**self.record["net"])),
+                                   self.record["state_dict"])
         self.net.eval().requires_grad_(False).to(self.device)
         self.apply = self.record.get("apply") or {}  # how the file says it applies: mixing.calibrated
 
@@ -173,8 +173,8 @@ class ArbitraryStylizer(Stylizer):
         super().__init__(record, device, tile, memory_mb, notice, tile_progress)
         self.base = self.net
         p = {k: (tuple(v) if isinstance(v, list) else v) for k, v in record["predictor"].items() if k != "state_dict"}
-        self.predictor = StylePredictor(PredictorConfig(**p))
-        self.predictor.load_state_dict({k: v.float() for k, v in record["predictor"]["state_dict"].items()})
+        self.predictor = modelfile.build(record, lambda: StylePredictor(PredictorConfig(**p)),
+                                         record["predictor"]["state_dict"], "style predictor")
         self.features = loss_network(p["loss_net"], list(p["layers"]))
         self.predictor.eval().requires_grad_(False).to(self.device)
         self.features.to(self.device)
@@ -240,8 +240,7 @@ class AdaINStylizer:
         self.name = Path(record["path"]).stem
         self.has_strength = True  # the paper's alpha
         self.styles: list[str] = []
-        self.net = AdaINNet(AdaINConfig(**record["net"]))
-        self.net.load_state_dict({k: v.float() for k, v in record["state_dict"].items()})
+        self.net = modelfile.build(record, lambda: AdaINNet(AdaINConfig(**record["net"])), record["state_dict"])
         self.net.eval().requires_grad_(False).to(self.device)
         self._stats: dict = {}
 
@@ -314,8 +313,12 @@ def load_stylizer(model: str | Path = DEFAULT_MODEL, device: str = "auto", style
 def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """A greyscale mask (white = first style) of the photo's size: (H, W) in [0, 1]."""
     m, _ = load_image(path)
-    if tuple(m.shape[1:]) != size:
-        raise StylizeError(f"{path}: mask is {m.shape[2]}x{m.shape[1]}, the photo is {size[1]}x{size[0]}")
+    (mh, mw), (h, w) = m.shape[1:], size
+    if (mh, mw) != (h, w):
+        # the photo's shape at another size (--max-size scaled the photo): scaled with it
+        if abs(mw * h - mh * w) > max(mw, mh, w, h):
+            raise StylizeError(f"{path}: mask is {mw}x{mh}, the photo is {w}x{h} (a mask has the photo's shape)")
+        m = F.interpolate(m[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
     return m.mean(0)
 
 

@@ -16,8 +16,11 @@ def style_index(name: str, styles: list[str], model: str) -> int:
         return styles.index(name)
     if name.isdigit() and int(name) < len(styles):
         return int(name)
+    from .modelfile import find_models
+
+    hint = f"; for the model {name!r}, use --model {name}" if name in {m.stem for m in find_models()} else ""
     raise StylizeError(f"model {model} has no style {name!r}; its styles: "
-                       + ", ".join(f"{i}={s}" for i, s in enumerate(styles)))
+                       + ", ".join(f"{i}={s}" for i, s in enumerate(styles)) + hint)
 
 
 def style_weights(specs: list[str] | None, styles: list[str], model: str) -> list[float]:

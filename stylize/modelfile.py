@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import StylizeError
 from .files import atomic_write
+from .settings import NORMS, TRANSFORMER_NETWORKS
 
 FORMAT = "stylize-model"
 VERSION = 1
@@ -92,14 +93,122 @@ def load(path: str | Path) -> dict:
     return _ours(obj, path)
 
 
+KINDS = ("transformer", "adain")
+# The settings a record's "net" may hold (networks.NetConfig, adain.AdaINConfig) and their types;
+# which of them a network takes is checked when it is built (build).
+_SETTING_TYPES = (bool, int, float, str, type(None))
+# The "apply" block (mixing.calibrated, palette.colours, scale.work_size): each number's type and range.
+_APPLY = {"full_strength": (0.0, 4.0), "palette": (0.0, 1.0), "work_size": (16, 100_000)}
+
+
+def _short(value, limit: int = 40) -> str:
+    """A value as an error line may show it: never a whole weight table."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def check(obj: dict, path) -> None:
+    """Refuse, in one line that names the file and the field, a record this version cannot apply:
+    every field the apply path reads is here, so a damaged file never reaches a traceback."""
+    def bad(field: str, why: str):
+        raise StylizeError(f"{path}: damaged model file: {field} {why}")
+
+    if not isinstance(obj.get("version", 0), int):
+        bad("version", f"is {_short(obj.get('version'))}, not a number")
+    kind = obj.get("kind")
+    if kind not in KINDS:
+        raise StylizeError(f"{path}: model kind {_short(kind)} is not supported by this version "
+                           f"(known: {', '.join(KINDS)})")
+    net = obj.get("net")
+    if not isinstance(net, dict) or not all(isinstance(k, str) for k in net):
+        bad("net", "is not a table of settings")
+    for k, v in net.items():
+        if not isinstance(v, _SETTING_TYPES) or (isinstance(v, float) and not _finite_number(v)):
+            bad(f"net.{k}", f"is {_short(v)}")
+    for k, lo in (("width", 1), ("num_styles", 1), ("style_dim", 0)):  # the sizes a network is built from
+        if k in net and (not isinstance(net[k], int) or isinstance(net[k], bool) or net[k] < lo):
+            bad(f"net.{k}", f"is {_short(net[k])}, not a whole number of {lo} or more")
+    if kind == "transformer":
+        for k, known in (("norm", NORMS), ("network", TRANSFORMER_NETWORKS)):
+            if k in net and net[k] not in known:
+                bad(f"net.{k}", f"is {_short(net[k])}; known: {', '.join(known)}")
+    styles = obj.get("styles", [] if kind == "adain" else None)  # a transformer network names its styles
+    if not isinstance(styles, (list, tuple)) or not all(isinstance(n, str) for n in styles):
+        bad("styles", "is not a list of names")
+    for field in ("state_dict",) + (("predictor",) if net.get("style_dim") else ()):
+        table = obj.get(field)
+        if field == "predictor":
+            table = table.get("state_dict") if isinstance(table, dict) else None
+        if not isinstance(table, dict) or not table or not all(
+                isinstance(k, str) and hasattr(v, "shape") for k, v in table.items()):
+            bad(field, "is not a table of weights")
+    if net.get("style_dim"):
+        pred = obj["predictor"]
+        if not isinstance(pred.get("loss_net"), str) or not isinstance(pred.get("layers"), (list, tuple)) \
+                or not all(isinstance(t, str) for t in pred["layers"]):
+            bad("predictor", "does not name its loss network and layers")
+    for field in ("train", "versions", "metrics", "apply"):
+        if obj.get(field) is not None and not isinstance(obj[field], dict):
+            bad(field, f"is {_short(obj[field])}, not a table")
+    apply = obj.get("apply") or {}
+    for k, (lo, hi) in _APPLY.items():
+        if k in apply and not (_finite_number(apply[k]) and lo <= apply[k] <= hi):
+            bad(f"apply.{k}", f"is {_short(apply[k])}, not a number in [{lo}, {hi}]")
+    colours = apply.get("colours")
+    if colours is not None:
+        def stats_ok(c):
+            return isinstance(c, dict) and _vector(c.get("mean"), 3) and isinstance(c.get("cov"), list) \
+                and len(c["cov"]) == 3 and all(_vector(r, 3) for r in c["cov"])
+        if not isinstance(colours, list) or not all(stats_ok(c) for c in colours):
+            bad("apply.colours", "is not one colour mean and covariance per style")
+
+
+def _vector(v, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(_finite_number(x) for x in v)
+
+
 def _ours(obj, path: Path) -> dict:
     """The record, if it is a stylize model this version reads."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise StylizeError(f"{path}: not a stylize model file")
-    if obj.get("version", 0) > VERSION:
+    if isinstance(obj.get("version", 0), int) and obj.get("version", 0) > VERSION:
         raise StylizeError(f"{path}: made by a newer stylize (format {obj['version']}); upgrade stylize")
+    check(obj, path)
     obj["path"] = str(path)
     return obj
+
+
+def build(record: dict, make, state: dict, what: str = "network"):
+    """The network `make()` builds from a record's settings, with the record's weights `state` loaded:
+    settings it cannot build from, weights of other names or shapes, and weights that are not finite
+    numbers are each refused in one line naming the file (never torch's own traceback)."""
+    import torch
+
+    path = record.get("path", "model file")
+    try:
+        net = make()
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, ZeroDivisionError) as e:
+        raise StylizeError(f"{path}: damaged model file: its {what} settings do not build "
+                           f"({_short(str(e).splitlines()[0] if str(e) else type(e).__name__, 80)})") from None
+    own = net.state_dict()
+    missing, extra = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    if missing or extra:
+        names = ", ".join((missing or extra)[:3]) + (", ..." if len(missing or extra) > 3 else "")
+        raise StylizeError(f"{path}: damaged model file: its {what} weights "
+                           f"{'lack' if missing else 'have unknown'} {names}")
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor) or v.shape != own[k].shape:
+            raise StylizeError(f"{path}: damaged model file: weight {k} has shape "
+                               f"{tuple(getattr(v, 'shape', ()))}, the {what} needs {tuple(own[k].shape)}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise StylizeError(f"{path}: damaged model file: weight {k} holds values that are not finite "
+                               "(NaN or infinity); the training that wrote it diverged")
+    net.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return net
 
 
 class _Tensor:

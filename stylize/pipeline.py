@@ -8,7 +8,9 @@ hold), `name` and `has_strength` (whether strengths other than 1 work); x and th
 """
 from __future__ import annotations
 
+import contextlib
 import glob
+import os
 import threading
 import time
 from collections import deque
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import StylizeError
+from .files import folder_lock, in_use
 from .mixing import check_strength
 from .settings import ApplyConfig
 from .images import HAS_ALPHA, IMAGE_EXTENSIONS, SAVE_FORMATS, UNREADABLE_EXTENSIONS, find_images, frame_count, metadata, save_image
@@ -205,8 +208,23 @@ def _remove_stale_parts(paths: list[Path]) -> None:
             continue
         names = {(f".{p.stem}.", f"{p.suffix}.part") for p in outs}
         for f in folder.glob(".*.part"):
-            if any(f.name.startswith(a) and f.name.endswith(b) for a, b in names):
+            if any(f.name.startswith(a) and f.name.endswith(b) for a, b in names) and not in_use(f):
                 f.unlink(missing_ok=True)
+
+
+def written(path: Path) -> bool:
+    """Whether --skip-existing may skip this output: there, and not empty (a 0-byte file is not a picture)."""
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _one_run_per_folder(paths: list[Path], share: tuple[int, int], notice: Callable[[str], None]):
+    """The batch's output folder (where every output goes, sub-folders and all) held for this run:
+    a second batch into it waits, rather than both stylizing the same photos or one deleting the
+    other's temporaries. Processes sharing one batch (share) divide it between them instead."""
+    if share[1] > 1 or not paths:
+        return contextlib.nullcontext()
+    folder = Path(os.path.commonpath([str(p.parent.absolute()) for p in paths]))
+    return folder_lock(folder, lambda: notice(f"waiting for another stylize run writing to {folder}"))
 
 
 def plan(inputs: list[str], out: Path | None = None, out_dir: Path = Path("stylized"),
@@ -256,92 +274,93 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], config: A
             if progress:
                 progress(src, dst)
 
-    _remove_stale_parts(paths)
-    todo = []
-    for (src, _), dst in zip(items, paths):
-        if c.skip_existing and dst.exists():
-            report.skipped.append(dst)
-            if progress:
-                progress(src, dst)
-        else:
-            todo.append((src, dst))
-
     notice = notice or (lambda message: None)
+    with _one_run_per_folder(paths, share, notice):
+        _remove_stale_parts(paths)
+        todo = []
+        for (src, _), dst in zip(items, paths):
+            if c.skip_existing and written(dst):
+                report.skipped.append(dst)
+                if progress:
+                    progress(src, dst)
+            else:
+                todo.append((src, dst))
 
-    def read(src: Path):
-        x, alpha = stylizer.load(src, max_size)
-        if (frames := frame_count(src)) > 1:
-            notice(f"{src}: animated, {frames} frames; stylized the first only")
-        return x, alpha, stylizer.load_mask(mask, tuple(x.shape[1:])) if mask is not None else None, metadata(src)
 
-    def write(src: Path, dst: Path, y, alpha, meta):
+        def read(src: Path):
+            x, alpha = stylizer.load(src, max_size)
+            if (frames := frame_count(src)) > 1:
+                notice(f"{src}: animated, {frames} frames; stylized the first only")
+            return x, alpha, stylizer.load_mask(mask, tuple(x.shape[1:])) if mask is not None else None, metadata(src)
+
+        def write(src: Path, dst: Path, y, alpha, meta):
+            try:
+                if alpha is not None and SAVE_FORMATS.get(dst.suffix.lower()) not in HAS_ALPHA:
+                    notice(f"{dst}: {dst.suffix} has no transparency, so the photo's alpha channel is dropped "
+                           "(write .png or .webp to keep it)")
+                save_image(y, dst, alpha, c.quality, meta)
+                done(src, dst)
+            except StylizeError as e:
+                done(src, dst, str(e))
+
+        readers = ThreadPoolExecutor(workers, thread_name_prefix="stylize-read")
+        writers = ThreadPoolExecutor(workers, thread_name_prefix="stylize-write")
+        queue, reads, writes, ahead = iter(todo), deque(), deque(), workers + 1
         try:
-            if alpha is not None and SAVE_FORMATS.get(dst.suffix.lower()) not in HAS_ALPHA:
-                notice(f"{dst}: {dst.suffix} has no transparency, so the photo's alpha channel is dropped "
-                       "(write .png or .webp to keep it)")
-            save_image(y, dst, alpha, c.quality, meta)
-            done(src, dst)
-        except StylizeError as e:
-            done(src, dst, str(e))
+            while True:
+                while len(reads) < ahead and (job := next(queue, None)) is not None:
+                    reads.append((job, readers.submit(read, job[0])))
+                if not reads:
+                    break
+                (src, dst), loading = reads.popleft()
+                try:
+                    x, alpha, m, meta = loading.result()
+                except StylizeError as e:
+                    done(src, dst, str(e))
+                    continue
+                except Exception as e:  # Pillow raises more than it documents on broken files
+                    done(src, dst, f"{src}: cannot read ({type(e).__name__}: {e})")
+                    continue
+                huge = x.shape[1] * x.shape[2] > big
+                ahead = 1 if huge else workers + 1  # one huge photo in memory at a time, not a queue of them
+                try:
+                    cond = stylizer.condition(styles, m, x, match_color)
+                    y = stylizer.run(x, cond, strength)
+                    if c.preserve_color and not match_color:
+                        from .color import keep_luminance  # torch; the ONNX Runtime path hands colour to torch
 
-    readers = ThreadPoolExecutor(workers, thread_name_prefix="stylize-read")
-    writers = ThreadPoolExecutor(workers, thread_name_prefix="stylize-write")
-    queue, reads, writes, ahead = iter(todo), deque(), deque(), workers + 1
-    try:
-        while True:
-            while len(reads) < ahead and (job := next(queue, None)) is not None:
-                reads.append((job, readers.submit(read, job[0])))
-            if not reads:
-                break
-            (src, dst), loading = reads.popleft()
-            try:
-                x, alpha, m, meta = loading.result()
-            except StylizeError as e:
-                done(src, dst, str(e))
-                continue
-            except Exception as e:  # Pillow raises more than it documents on broken files
-                done(src, dst, f"{src}: cannot read ({type(e).__name__}: {e})")
-                continue
-            huge = x.shape[1] * x.shape[2] > big
-            ahead = 1 if huge else workers + 1  # one huge photo in memory at a time, not a queue of them
-            try:
-                cond = stylizer.condition(styles, m, x, match_color)
-                y = stylizer.run(x, cond, strength)
-                if c.preserve_color and not match_color:
-                    from .color import keep_luminance  # torch; the ONNX Runtime path hands colour to torch
-
-                    y = keep_luminance(y, x)
-            except StylizeError as e:
-                done(src, dst, str(e))
-                continue
-            except (MemoryError, RuntimeError) as e:
-                if not _out_of_memory(e):
-                    raise
-                done(src, dst, f"{src}: out of memory ({x.shape[2]}x{x.shape[1]}); try a smaller --memory or --max-size")
-                continue
-            del x
-            writes.append(writers.submit(write, src, dst, y, alpha, meta))
-            del y, alpha
-            while len(writes) > (0 if huge else workers):  # back-pressure: finished images are memory too
-                writes[0].result()  # left in the queue until done, so an interrupt still waits for it
-                writes.popleft()
-    except KeyboardInterrupt:
-        report.interrupted = True
-    finally:
-        for _, loading in reads:
-            loading.cancel()
-        readers.shutdown(wait=False, cancel_futures=True)
-        _wait_all(writes)
-        writers.shutdown()
-    for f in writes:  # a write that raised more than a file's own failure (those are in the report)
-        if isinstance(f.exception(), KeyboardInterrupt):
+                        y = keep_luminance(y, x)
+                except StylizeError as e:
+                    done(src, dst, str(e))
+                    continue
+                except (MemoryError, RuntimeError) as e:
+                    if not _out_of_memory(e):
+                        raise
+                    done(src, dst, f"{src}: out of memory ({x.shape[2]}x{x.shape[1]}); try a smaller --memory or --max-size")
+                    continue
+                del x
+                writes.append(writers.submit(write, src, dst, y, alpha, meta))
+                del y, alpha
+                while len(writes) > (0 if huge else workers):  # back-pressure: finished images are memory too
+                    writes[0].result()  # left in the queue until done, so an interrupt still waits for it
+                    writes.popleft()
+        except KeyboardInterrupt:
             report.interrupted = True
-        elif f.exception() is not None:
-            raise f.exception()
-    report.failed.sort(key=lambda f: order.get(f[0], 0))
-    position = {p: i for i, p in enumerate(paths)}
-    report.written.sort(key=lambda p: position.get(p, 0))
-    report.seconds = time.perf_counter() - t0
-    if report.interrupted:
-        raise Interrupted(report)
-    return report
+        finally:
+            for _, loading in reads:
+                loading.cancel()
+            readers.shutdown(wait=False, cancel_futures=True)
+            _wait_all(writes)
+            writers.shutdown()
+        for f in writes:  # a write that raised more than a file's own failure (those are in the report)
+            if isinstance(f.exception(), KeyboardInterrupt):
+                report.interrupted = True
+            elif f.exception() is not None:
+                raise f.exception()
+        report.failed.sort(key=lambda f: order.get(f[0], 0))
+        position = {p: i for i, p in enumerate(paths)}
+        report.written.sort(key=lambda p: position.get(p, 0))
+        report.seconds = time.perf_counter() - t0
+        if report.interrupted:
+            raise Interrupted(report)
+        return report

@@ -53,6 +53,17 @@ def run_dir(out: str | Path) -> Path:
     return out.with_name(out.stem + "_run")
 
 
+def writable(out: Path) -> None:
+    """Refuse, before any set-up, a model path whose folder cannot be written."""
+    import tempfile
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as e:
+        raise StylizeError(f"--out {out}: cannot write in {out.parent} ({e.strerror or type(e).__name__})") from None
+
+
 def sample_strengths(batch: int, g: torch.Generator) -> torch.Tensor:
     """Half the examples at full strength, the rest uniform in [0, 1]: full strength is what most
     users apply, so it gets the most training, while the rest teaches the whole range."""
@@ -474,6 +485,9 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
             flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise StylizeError(f"{resume}: a resumed run keeps its {flags}; start a new run to change that")
         cfg = replace(run, **{k: getattr(cfg, k) for k in given & resumable})
+        folder = Path(resume).resolve().parent
+        if "out" not in given and folder.name == run_dir(run.out).name:
+            cfg = replace(cfg, out=str(folder.with_name(Path(run.out).name)))  # beside its run folder, from any cwd
         if cfg.iterations <= ckpt["iteration"]:
             raise StylizeError(f"{resume}: the run is already at iteration {ckpt['iteration']} of {cfg.iterations}; "
                                f"pass --iterations N (over {ckpt['iteration']}) to train it further")
@@ -481,6 +495,9 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         cfg = init_settings(cfg)
     if cfg.norm not in NORMS:
         raise StylizeError(f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORMS)}")
+    if cfg.image_size % 4:  # the network halves the crops twice and doubles them back
+        raise StylizeError(f"--image-size {cfg.image_size}: must be a multiple of 4 (e.g. {cfg.image_size // 4 * 4 or 4})")
+    writable(Path(cfg.out))
     if not cfg.style:
         raise StylizeError("no style image; pass --style IMAGE (several, or a folder, for --norm conditional)")
     if cfg.network not in NETWORKS:
@@ -602,6 +619,9 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
     if not shard.lead:
         shard.barrier()  # returns once the lead has written the model
         return Path(cfg.out)
+    if not all(torch.isfinite(p).all() for p in net.parameters()):
+        raise StylizeError(f"training diverged: the network's weights are no longer finite numbers; {cfg.out} "
+                           f"not written (the last checkpoint is in {folder}); try a smaller --lr")
     checkpoint()
     rec = recipe.record(half=True)
     last = [h for h in history[-max(1, len(history) // 20):] if h["total"] == h["total"]] or history[-1:]
