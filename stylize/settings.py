@@ -134,8 +134,8 @@ class ApplyConfig:
     # auto: ONNX Runtime for whole-image CPU passes when it is installed (faster start and forward,
     # onnx_runtime.py), PyTorch otherwise and for masks, colour preservation and tiles
     runtime: str = "auto"
-    # video: how much of the previous output frame a still pixel keeps, damping flicker (video.py;
-    # chosen with bench/video.py: flicker falls to about half, with little trailing behind motion)
+    # video: how much of the previous stylized frame, carried along the motion, a pixel keeps where the
+    # motion explains the change (video.Steadiness; bench/video.py: a pan's flicker 0.06x, its texture kept)
     smooth: float = 0.8
     # steps of style transfer by optimization (optimize.py) instead of a model's network; 0: the network
     optimize: int = 0
@@ -152,4 +152,13 @@ class ServeConfig:
     host: str = "127.0.0.1"  # this machine only; another address makes the page reachable from others
     port: int = 8000
     max_size: int = 1024  # photos are stylized at most this long on their longest side (a CPU's seconds)
-    max_upload_mb: float = 25.0  # a photo or painting larger than this is refused
+    max_upload_mb: float = 25.0  # a request (photo and painting) larger than this is refused, while it streams
+    # a photo or painting of more pixels is refused from its header, before decoding: decoding takes
+    # about 4 bytes a pixel (a 48 MP phone photo: ~200 MB); a 15000x15000 PNG of 0.6 MB would take ~1 GB
+    max_megapixels: float = 50.0
+    max_queue: int = 8  # pictures waiting for the worker; more are refused (503) until some are done
+    # the models kept open, least recently used closed first: each takes its graph and ONNX Runtime's
+    # working memory, ~150 MB at --max-size 1024 (measured as the process's growth on its first picture)
+    model_memory_mb: int = 512
+    header_timeout: float = 10.0  # a connection that has not sent a request's headers in this many seconds is closed
+    max_connections: int = 64  # uvicorn's limit_concurrency: past it, requests are answered 503
