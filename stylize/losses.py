@@ -185,11 +185,10 @@ class PerceptualLoss(nn.Module):
         return relative_error(style_stats(f, self.style_loss), self.targets[layer][style_index])
 
     def forward(self, y, x, style_index=None, strength=None, weights=None, directions=None,
-                content_features=None, shift=None) -> dict[str, torch.Tensor]:
+                shift=None) -> dict[str, torch.Tensor]:
         """y: output, x: content, style_index: (B,) which style each example is trained on,
         strength: (B,) in [0, 1] scaling the style term, weights: dict of term weights,
         directions: draw_directions() for the sliced loss (None: the first C of each layer's),
-        content_features: self.net(x), where the caller keeps it for many steps (optimize.py),
         shift: (dy, dx, reach), output and photo both translated by (dy, dx) before the loss network.
 
         Departure from Johnson et al. and Gatys et al.: the shift ("transformation robustness" of
@@ -200,7 +199,8 @@ class PerceptualLoss(nn.Module):
         if shift is not None:
             y, x = translate(y, *shift), translate(x, *shift)
         fy = self.net(y)
-        fx = self.net(x) if content_features is None else content_features
+        with torch.no_grad():
+            fx = self.net(x)
         b = y.shape[0]
         if style_index is None:
             style_index = torch.zeros(b, dtype=torch.long, device=y.device)

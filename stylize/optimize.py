@@ -12,7 +12,10 @@ Departures from the paper, and why:
 - Adam on the pixels, from the photo, not L-BFGS from noise: a few hundred steps from the photo keep
   it recognisable, and Adam's steps cost one forward and backward pass each (L-BFGS's line search more);
 - at a fixed work size (OPTIMIZE_SIZE, the photo's shorter side), then back to the photo's size with
-  its own fine detail (scale.restore), so the marks have one size and the time one bound for any photo.
+  its own fine detail (scale.restore), so the marks have one size and the time one bound for any photo;
+- output and photo translated by up to OPTIMIZE_JITTER pixels before the loss network, anew each step
+  (losses.PerceptualLoss): without it the optimizer meets the Gram targets with a rainbow speckle the
+  features cannot tell from paint; with it the same loss paints the painting's strokes (issue 29).
 
 Library only: progress goes through a callback.
 """
@@ -24,7 +27,8 @@ import numpy as np
 import torch
 
 from . import scale
-from .settings import LOSS_NET_LAYERS, OPTIMIZE_SIZE, STYLE_SIZE, TrainConfig
+from .losses import draw_shift
+from .settings import LOSS_NET_LAYERS, OPTIMIZE_JITTER, OPTIMIZE_SIZE, STYLE_SIZE, TrainConfig
 
 LOSS_NET = "efficientnet-lite0"
 LR = 0.02  # Adam's step on pixels in [0, 1]: 200 steps at it settle the marks (measured by eye on 4 paintings)
@@ -68,13 +72,13 @@ class Optimizer:
         t = TrainConfig()  # the models' loss weights: one place for them
         weights = {"content": t.content_weight, "style": t.style_weight, "tv": t.tv_weight}
         x = photo[None].float().div(255).to(self.device)
-        with torch.no_grad():
-            fx = self.loss.net(x)  # the photo's features: the same every step
         y = x.clone().requires_grad_(True)
         opt = torch.optim.Adam([y], lr=LR)
+        draws = torch.Generator().manual_seed(0)  # the same photo gives the same picture
         for step in range(steps):
             opt.zero_grad(set_to_none=True)
-            self.loss(y, x, weights=weights, content_features=fx)["total"].backward()
+            shift = (*draw_shift(OPTIMIZE_JITTER, draws), OPTIMIZE_JITTER)  # a new view each step (losses.py)
+            self.loss(y, x, weights=weights, shift=shift)["total"].backward()
             opt.step()
             with torch.no_grad():
                 y.clamp_(0, 1)

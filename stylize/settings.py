@@ -38,6 +38,9 @@ DEFAULT_ADAPTIVE_MODEL = "arbitrary"  # shipped too: used when --style is an ima
 STYLE_SIZE = {"fixed": 1024, "adaptive": 384}
 # --optimize (optimize.py): the shorter side a photo is optimized at; the marks' scale and the time's bound
 OPTIMIZE_SIZE = 384
+# --optimize: the largest translation of output and photo before the loss network, drawn anew each step
+# (losses.PerceptualLoss); 8-16 px turned the speckle into strokes at 256-384 px (issue 29)
+OPTIMIZE_JITTER = 16
 # learning-rate multiple of what depends on the style, when the settings name none (TrainConfig.style_lr_scale)
 STYLE_LR_SCALE = {"fixed": 10.0, "adaptive": 4.0}
 

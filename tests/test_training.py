@@ -297,3 +297,32 @@ def test_learning_rate_schedules():
     assert rates[50] == pytest.approx(5.5e-4)
     constant = TrainConfig(lr=1e-3, iterations=100, lr_schedule="constant")
     assert {learning_rate(constant, i) for i in range(101)} == {1e-3}
+
+
+# ---------------------------------------------------------------- jitter (issue 29)
+
+def test_translate_moves_the_picture_and_keeps_its_size():
+    from stylize.losses import translate
+
+    t = torch.rand(1, 3, 12, 10)
+    moved = translate(t, 2, -3, 4)
+    assert moved.shape == t.shape
+    torch.testing.assert_close(moved[..., 2:, :-3], t[..., :-2, 3:])  # down 2, left 3
+    torch.testing.assert_close(translate(t, 0, 0, 4), t)
+
+
+def test_a_jittered_run_sees_moved_views_and_resumes_exactly(tmp_path, photos_dir, style_path):
+    """--jitter draws a view each step from the run's generator: a run with it differs from one
+    without, and a resumed jittered run is the straight one."""
+    straight = tiny_config(tmp_path / "a", photos_dir, [style_path], iterations=N, checkpoint_every=K, width=4, jitter=3)
+    plain = tiny_config(tmp_path / "b", photos_dir, [style_path], iterations=N, width=4)
+    train(straight)
+    train(plain)
+    a, b = snapshot(Path(straight.out)), snapshot(Path(plain.out))
+    assert a["history"] != b["history"]
+    resumed = tiny_config(tmp_path / "c", photos_dir, [style_path], iterations=K, checkpoint_every=K, width=4, jitter=3)
+    train(resumed)
+    resumed.iterations = N
+    train(resumed, resume=run_dir(resumed.out) / "checkpoint.pt")
+    assert_same_run(a, snapshot(Path(resumed.out)))
+    assert modelfile.load(straight.out)["train"]["jitter"] == 3
