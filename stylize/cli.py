@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from .errors import StylizeError
 from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, LR_SCHEDULES, NETWORKS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, ServeConfig, TrainConfig
@@ -19,6 +20,52 @@ from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NET
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fast neural style transfer: train style networks and apply them to photos.")
 T, A, S = TrainConfig(), ApplyConfig(), ServeConfig()
+COLOR_METHODS = ("luminance", "match")  # color.COLOR_METHODS, without torch
+STYLE_LOSS_CHOICES = ("auto",) + STYLE_LOSSES
+
+
+class Command(TyperCommand):
+    """Every command's help in one style. An option's value is named by what it takes, where the
+    option does not name it itself: N a whole number, X a number, PATH a file or folder, and a word by
+    the option's own name (--device DEVICE); click would print <int range>, <float>, <path>, <str>.
+    Arguments read PHOTO... in the usage line (typer's own: {PHOTO})."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for p in self.params:
+            if p.metavar is None and not getattr(p, "is_flag", False):
+                p.metavar = _METAVARS.get(p.type.name, p.name.upper()) if p.param_type_name == "option" else p.name.upper()
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name == "argument":
+                name = p.metavar + ("..." if p.nargs != 1 else "")
+                pieces.append(name if p.required else f"[{name}]")
+        return pieces
+
+
+# by the name of the option's type (typer carries its own copy of click's types)
+_METAVARS = {"int": "N", "int range": "N", "integer": "N", "float": "X", "float range": "X", "path": "PATH"}
+
+
+def _choices(*choices: str):
+    """Shell completion for an option that takes one of `choices` (typer's autocompletion=)."""
+    return lambda incomplete: [c for c in choices if c.startswith(incomplete)]
+
+
+def _models(incomplete: str) -> list[str]:
+    """Shell completion for --model: the names `stylize models` lists (torch-free: the files found,
+    not read), or, for what looks like a path, its model files and folders."""
+    import glob
+    import os
+
+    if incomplete.startswith((".", "~", os.sep)) or os.sep in incomplete:
+        found = glob.glob(os.path.expanduser(incomplete) + "*")
+        return sorted(f + os.sep if os.path.isdir(f) else f for f in found if os.path.isdir(f) or f.endswith(".pt"))
+    from .modelfile import find_models
+
+    return [p.stem for p in find_models() if p.stem.startswith(incomplete)]
 
 
 def _print_version(value: bool):
@@ -85,48 +132,50 @@ def _choice(value: str, choices, flag: str) -> str:
     return value
 
 
-@app.command()
+@app.command(cls=Command)
 @clean_errors
 def train(
     ctx: typer.Context,
     style: Optional[List[str]] = typer.Option(None, "--style", "-s", metavar="IMAGE", help="Style image (repeat, or a folder, for several styles)."),
     content: Optional[Path] = typer.Option(T.content, help="Folder of training photos [default: $STYLIZE_CONTENT or ~/.stylize/content]."),
     out: Path = typer.Option(T.out, "--out", "-o", help="Model file to write; run files go to <out>_run/."),
-    norm: str = typer.Option(T.norm, help=f"Normalization: {', '.join(NORMS)}."),
-    network: str = typer.Option(T.network, help=f"Architecture: {', '.join(NETWORKS)} (light: separable residual blocks, fast on CPUs)."),
+    norm: str = typer.Option(T.norm, help=f"Normalization: {', '.join(NORMS)}.", autocompletion=_choices(*NORMS)),
+    network: str = typer.Option(T.network, autocompletion=_choices(*NETWORKS), help=f"Architecture: {', '.join(NETWORKS)} (light: separable residual blocks, fast on CPUs)."),
     width: int = typer.Option(T.width, min=1, help="Channels of the first layer (32 as in Johnson et al.)."),
     strength: bool = typer.Option(T.strength, help="Train for every style strength (enables apply --style-weight)."),
-    iterations: int = typer.Option(T.iterations, min=1),
+    iterations: int = typer.Option(T.iterations, min=1, help="Training steps (batches) in all."),
     batch_size: int = typer.Option(T.batch_size, min=1, help="Photos per iteration; under torchrun, per process."),
     image_size: int = typer.Option(T.image_size, min=16, help="Side of the square training crops."),
     content_size: int = typer.Option(T.content_size, min=0, help="Shorter side training photos are resized to "
                                      "before cropping (0: the crop size); larger: crops show details, strokes come out larger."),
     style_size: Optional[int] = typer.Option(T.style_size, min=16, help="Longest side of the style image for its "
                                              "statistics [default: 1024; 384 for --norm adaptive, a painting per step]."),
-    content_weight: float = typer.Option(T.content_weight, min=0),
+    content_weight: float = typer.Option(T.content_weight, min=0, help="Weight of the content loss (the photo's features kept)."),
     style_weight: float = typer.Option(T.style_weight, min=0, help="Weight of the style loss."),
     tv_weight: float = typer.Option(T.tv_weight, min=0, help="Weight of the total-variation loss."),
     color_weight: float = typer.Option(T.color_weight, min=0, help="Weight of the palette term (output colours distributed as the style's)."),
     pixel_weight: float = typer.Option(T.pixel_weight, min=0, help="Pull of low-strength outputs toward the photo."),
     jitter: int = typer.Option(T.jitter, min=0, help="Translate output and photo by up to this many pixels before "
                                "the loss network, anew each step (takes away the fine hatching that meets the loss cheaply)."),
-    lr: float = typer.Option(T.lr, min=0),
+    lr: float = typer.Option(T.lr, min=0, help="Learning rate (Adam)."),
     style_lr_scale: Optional[float] = typer.Option(T.style_lr_scale, min=0, help="Learning-rate multiple of what "
                                                    "depends on the style: several styles' tables; for --norm adaptive, "
                                                    "the style predictor [default: 10; 4 for --norm adaptive]."),
-    lr_schedule: str = typer.Option(T.lr_schedule, help="cosine (down to lr/10 at the end) or constant."),
-    loss_net: str = typer.Option(T.loss_net, help=f"Perceptual network: {', '.join(LOSS_NETS)} (auto: vgg16 "
+    lr_schedule: str = typer.Option(T.lr_schedule, help="cosine (down to lr/10 at the end) or constant.",
+                                    autocompletion=_choices(*LR_SCHEDULES)),
+    loss_net: str = typer.Option(T.loss_net, autocompletion=_choices(*LOSS_NETS), help=f"Perceptual network: {', '.join(LOSS_NETS)} (auto: vgg16 "
                                  "where its ImageNet weights are at hand, else efficientnet-lite0)."),
     vgg_weights: Optional[Path] = typer.Option(T.vgg_weights, help="torchvision VGG state-dict file, for offline machines."),
-    style_loss: str = typer.Option(T.style_loss, help=f"Style statistic: auto, {', '.join(STYLE_LOSSES)} (auto: {_AUTO})."),
-    device: str = typer.Option(T.device, help=f"{', '.join(DEVICES)}."),
-    seed: int = typer.Option(T.seed),
+    style_loss: str = typer.Option(T.style_loss, help=f"Style statistic: auto, {', '.join(STYLE_LOSSES)} (auto: {_AUTO}).",
+                                   autocompletion=_choices(*STYLE_LOSS_CHOICES)),
+    device: str = typer.Option(T.device, help=f"{', '.join(DEVICES)}.", autocompletion=_choices(*DEVICES)),
+    seed: int = typer.Option(T.seed, help="Random seed: weights, crops and the order of photos."),
     checkpoint_every: int = typer.Option(T.checkpoint_every, min=0, help="Iterations between checkpoints (0: only at the end)."),
     sample_every: int = typer.Option(T.sample_every, min=0, help="Iterations between sample grids (0: only at the end)."),
     workers: int = typer.Option(T.workers, min=-1, help="Data loader processes (-1: 4 on CUDA, 0 on CPU)."),
     levers: str = typer.Option(T.levers, help="Speed levers: auto (every one but compile on CUDA, none "
                                "elsewhere), none, all, or names such as bf16,channels_last (see stylize/speed.py)."),
-    init: Optional[Path] = typer.Option(None, help="Model file (or shipped model name) to fine-tune: its network "
+    init: Optional[Path] = typer.Option(None, metavar="MODEL", autocompletion=_models, help="Model file (or shipped model name) to fine-tune: its network "
                                         "and weights instead of random ones, a fresh optimizer and schedule."),
     resume: Optional[Path] = typer.Option(None, help="Checkpoint to continue to its run's end, with its settings "
                                           "(flags given override: --iterations extends it, --lr, loss weights)."),
@@ -136,7 +185,7 @@ def train(
     _choice(network, NETWORKS, "--network")
     _choice(lr_schedule, LR_SCHEDULES, "--lr-schedule")
     _choice(loss_net, LOSS_NETS, "--loss-net")
-    _choice(style_loss, ("auto",) + STYLE_LOSSES, "--style-loss")
+    _choice(style_loss, STYLE_LOSS_CHOICES, "--style-loss")
     _choice(device, DEVICES, "--device")
     from tqdm import tqdm
 
@@ -208,18 +257,18 @@ def _graph_ahead(model: Path) -> None:
         typer.echo(f"note: {e}", err=True)
 
 
-@app.command()
+@app.command(cls=Command)
 @clean_errors
 def apply(
     ctx: typer.Context,
     inputs: List[str] = typer.Argument(..., metavar="PHOTO", help="Photos, folders (recursive) or globs."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model name (see `stylize models`) or file [default: {A.model}, or {DEFAULT_ADAPTIVE_MODEL} when --style is an image]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="MODEL", autocompletion=_models, help=f"Model name (see `stylize models`) or file [default: {A.model}, or {DEFAULT_ADAPTIVE_MODEL} when --style is an image]."),
     style: Optional[List[str]] = typer.Option(None, "--style", "-s", metavar="STYLE", help="A style of the model (name or index), or a style image for adaptive models; NAME=W mixes."),
     strength: float = typer.Option(A.strength, "--style-weight", "--strength", help="Style strength in [0, 1]; 0 gives back the photo (adaptive: the paper's alpha)."),
     style_size: Optional[int] = typer.Option(A.style_size, min=16, help="Adaptive models: longest side the style image is "
                                              "encoded at (scales the strokes) [default: the model's; AdaIN: 512]."),
     preserve_color: bool = typer.Option(False, help="Keep the photo's colours."),
-    color_method: str = typer.Option("luminance", help="With --preserve-color: luminance (any model) or match (recolour the style image; adaptive)."),
+    color_method: str = typer.Option("luminance", metavar="METHOD", autocompletion=_choices(*COLOR_METHODS), help="With --preserve-color: luminance (any model) or match (recolour the style image; adaptive)."),
     mask: Optional[Path] = typer.Option(None, help="Greyscale mask: white gets the first --style, black the second."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (one input only)."),
     out_dir: Path = typer.Option(A.out_dir, help="Output folder for several inputs; keeps sub-folders."),
@@ -228,8 +277,8 @@ def apply(
     memory: int = typer.Option(A.memory_mb, min=64, help="Working memory for the network, MB; larger images are tiled."),
     quality: int = typer.Option(A.quality, min=1, max=100, help="JPEG/WebP quality."),
     skip_existing: bool = typer.Option(False, help="Skip inputs whose output already exists (to resume an interrupted batch)."),
-    device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
-    runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx (ONNX Runtime, faster), torch, or auto (onnx where it covers the request)."),
+    device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}.", autocompletion=_choices(*DEVICES)),
+    runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", autocompletion=_choices(*RUNTIMES), help="On the CPU: onnx (ONNX Runtime, faster), torch, or auto (onnx where it covers the request)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print errors only: no progress, notices or summary."),
     smooth: float = typer.Option(A.smooth, min=0.0, max=0.99, help="Video: steady the strokes along the motion, where it explains the change (0: every frame on its own)."),
     optimize: int = typer.Option(A.optimize, min=0, metavar="STEPS", help="No network: optimize the photo itself toward one --style painting for STEPS steps (Gatys et al.; 200: about 45 s on 2 CPU cores). Each painting's own marks."),
@@ -238,7 +287,7 @@ def apply(
     reported and the rest go on (exit 1 if any failed). Ctrl-C or kill stops cleanly; run again with
     --skip-existing to finish. For pipes, `-` as the photo reads it from standard input, and the
     result goes to standard output as a PNG (so does `--out -`). A video (MP4, MOV, MKV, WebM, AVI) is
-stylized frame by frame with its sound kept, one video per command."""
+    stylized frame by frame with its sound kept, one video per command."""
     _choice(device, DEVICES, "--device")
     _choice(runtime, RUNTIMES, "STYLIZE_RUNTIME" if _from_env(ctx, "runtime") else "--runtime")
     if out is not None and _given(ctx, "out_dir"):
@@ -255,7 +304,7 @@ stylized frame by frame with its sound kept, one video per command."""
     if model is None:  # a painting as --style means an adaptive model
         paintings = style and any(Path(style_image(s)[0]).suffix.lower() in IMAGE_EXTENSIONS for s in style)
         model = DEFAULT_ADAPTIVE_MODEL if paintings else A.model
-    _choice(color_method, ("luminance", "match"), "--color-method")  # color.COLOR_METHODS, without torch
+    _choice(color_method, COLOR_METHODS, "--color-method")
     check_strength(strength)
     if 0 < tile < MIN_TILE:
         raise StylizeError(f"--tile {tile}: give 0 (tiles only where they are needed) or at least {MIN_TILE} px")
@@ -461,17 +510,17 @@ def _kill_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
-@app.command()
+@app.command(cls=Command)
 @clean_errors
 def sheet(
     photo: Path = typer.Argument(..., help="The photo to show through the styles."),
-    model: str = typer.Option(A.model, "--model", "-m", help="Model name or file."),
+    model: str = typer.Option(A.model, "--model", "-m", metavar="MODEL", autocompletion=_models, help="Model name or file."),
     style: Optional[List[str]] = typer.Option(None, "--style", "-s", metavar="STYLE", help="Styles to show (default: all); a,b=0.3 mixes."),
     strengths: str = typer.Option("1", help="Comma-separated strengths, e.g. 0,0.25,0.5,0.75,1."),
     size: int = typer.Option(384, min=32, help="Longest side of each tile."),
     columns: Optional[int] = typer.Option(None, min=1, help="Wrap a single row after this many tiles."),
-    out: Path = typer.Option(Path("sheet.jpg"), "--out", "-o"),
-    device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
+    out: Path = typer.Option(Path("sheet.jpg"), "--out", "-o", help="Image file to write."),
+    device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}.", autocompletion=_choices(*DEVICES)),
 ):
     """Write a labelled contact sheet: every style of a model, or styles at a row of strengths."""
     _choice(device, DEVICES, "--device")
@@ -492,7 +541,7 @@ def sheet(
     typer.echo(f"wrote {save_pil(contact_sheet(stylizer, x, style, values, columns), out)}")
 
 
-@app.command()
+@app.command(cls=Command)
 @clean_errors
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
     """List the models stylize can find, with their styles."""
@@ -513,13 +562,13 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON for sc
         typer.echo(f"{r['name']:<20} {r['norm']:<12} {', '.join(r['styles'])}  ({r['path']})")
 
 
-@app.command(help="A local web page: drop a photo, pick a style or drop a painting, move the strength, download."
+@app.command(cls=Command, help="A local web page: drop a photo, pick a style or drop a painting, move the strength, download."
              f"\n\nOne picture is made at a time. Connections that send no request within {S.header_timeout:g} s are "
              f"closed; past {S.max_connections} at once, requests are answered 503. Uploads live in a temporary folder, "
              "removed when the server stops (Ctrl-C, SIGTERM or SIGHUP).")
 @clean_errors
 def serve(
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="MODEL", help="Models to offer [default: every shipped one]."),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="MODEL", autocompletion=_models, help="Models to offer [default: every shipped one]."),
     host: str = typer.Option(S.host, help="Address to listen on; 127.0.0.1 is this machine only (0.0.0.0: anyone who can reach it)."),
     port: int = typer.Option(S.port, min=0, max=65535, help="Port to listen on (0: any free one)."),
     allow_host: Optional[List[str]] = typer.Option(None, "--allow-host", metavar="NAME", help="Another name the page is reached by (repeat); requests naming any other Host, or sent by another page (Origin), are refused."),
@@ -528,8 +577,9 @@ def serve(
     max_megapixels: float = typer.Option(S.max_megapixels, min=0.01, help="Most pixels a photo or painting may have, read from its header before decoding (decoding takes ~4 bytes a pixel)."),
     queue: int = typer.Option(S.max_queue, min=1, help="Pictures that may wait for the worker; past it, requests are refused (503) until some are done."),
     model_memory: float = typer.Option(S.model_memory_mb, min=0, help="Memory for the models kept open, MB (~150 each at --max-size 1024); the least recently used are closed first."),
-    device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}."),
-    runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx, torch, or auto."),
+    device: str = typer.Option(A.device, help=f"{', '.join(DEVICES)}.", autocompletion=_choices(*DEVICES)),
+    runtime: str = typer.Option(A.runtime, envvar="STYLIZE_RUNTIME", help="On the CPU: onnx, torch, or auto.",
+                                autocompletion=_choices(*RUNTIMES)),
 ):
     """A local web page (server.py); its help, with the fixed limits, is the decorator's."""
     _choice(device, DEVICES, "--device")
@@ -558,9 +608,9 @@ def serve(
         raise typer.Exit(128 + stopped)
 
 
-@app.command()
+@app.command(cls=Command)
 @clean_errors
-def info(model: str = typer.Argument(..., help="Model name or file."),
+def info(model: str = typer.Argument(..., help="Model name or file.", autocompletion=_models),
          as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
     """Print what a model file says about itself."""
     from . import modelfile
@@ -580,10 +630,10 @@ def info(model: str = typer.Argument(..., help="Model name or file."),
             typer.echo(f"{k}: {v}")
 
 
-@app.command()
+@app.command(cls=Command)
 @clean_errors
-def export(model: str = typer.Argument(..., help="Model name or file."),
-           format: str = typer.Option("onnx", "--format", help="onnx (the only one so far)."),
+def export(model: str = typer.Argument(..., help="Model name or file.", autocompletion=_models),
+           format: str = typer.Option("onnx", "--format", help="onnx (the only one so far).", autocompletion=_choices("onnx")),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write [default: MODEL.onnx here].")):
     """Write a model for other runtimes, with any input size; its largest difference from the PyTorch
     output is checked before success is reported. Inputs and outputs are described in the graph."""

@@ -7,6 +7,7 @@ interrupted run never leaves a half-written image and an input is never overwrit
 """
 from __future__ import annotations
 
+import struct
 import threading
 from pathlib import Path
 
@@ -32,6 +33,10 @@ HAS_ALPHA = {"PNG", "WEBP", "TIFF"}
 # warning filters as the program that imports stylize has them.
 MAX_PIXELS = 250_000_000
 _OPENING = threading.Lock()
+# Photos are converted to and from arrays a band of rows at a time, about this many pixels, so that a
+# big photo is never held as a Pillow image and a whole array copy at once: at MAX_PIXELS a Pillow
+# RGB image is 1 GB and the (3, H, W) uint8 array 750 MB (bench/memory.py; README "Big photos").
+BAND_PIXELS = 1 << 22
 
 
 def _open(path: Path) -> Image.Image:
@@ -48,13 +53,25 @@ def _open(path: Path) -> Image.Image:
     return im
 
 
-def _to_float_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """Any Pillow mode -> (H, W, 3) float32 RGB in [0, 1] and (H, W) alpha or None."""
+_DEEP = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit, 32-bit and float greyscale
+
+
+def _deep_scale(im: Image.Image) -> float:
+    """What a deep greyscale image's values are divided by: 65535 for 16-bit (and 32-bit ones that
+    go past 255), 255 for 32-bit ones within 8-bit levels, 1 for float. Taken from the whole image,
+    so that every band of it is scaled alike."""
+    if im.mode == "F":
+        return 1.0
+    return 65535.0 if im.mode.startswith("I;16") or im.getextrema()[1] > 255 else 255.0
+
+
+def _to_float_rgb(im: Image.Image, scale: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any Pillow mode -> (H, W, 3) float32 RGB in [0, 1] and (H, W) alpha or None; `scale`: a
+    deep greyscale image's (_deep_scale of the whole image, when `im` is a band of it)."""
     alpha = None
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit and float greyscale
+    if im.mode in _DEEP:
         a = np.asarray(im, dtype=np.float32)
-        scale = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(a / scale, 0, 1) if im.mode != "F" else np.clip(a, 0, 1)
+        a = np.clip(a / (scale or _deep_scale(im)), 0, 1)
         return np.repeat(a[:, :, None], 3, axis=2), None
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -74,7 +91,8 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         im = _open(path)
         im.load()
-        return ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # not a copy: 1 GB at MAX_PIXELS
+        return im
     except Image.DecompressionBombError as e:  # a frame or page past Pillow's own limit while decoding
         raise StylizeError(f"{path}: refused by Pillow's decompression-bomb guard ({e})")
     except UnidentifiedImageError:
@@ -89,13 +107,41 @@ def metadata(path: str | Path) -> dict:
     try:
         with _open(path) as im:
             meta = {k: im.info[k] for k in ("icc_profile", "dpi") if im.info.get(k)}
-            exif = im.getexif()
+            if im.format == "PNG" and "exif" not in im.info:  # Pillow's getexif would decode every pixel
+                exif = Image.Exif()  # to look for an eXIf chunk after them: a second 1 GB at MAX_PIXELS
+                if (data := _png_chunk(path, b"eXIf")) is not None:
+                    exif.load(b"Exif\x00\x00" + data)
+            else:
+                exif = im.getexif()
     except Exception:  # the pixels are read (and their errors reported) elsewhere
         return {}
     if exif:
         exif.pop(0x0112, None)  # orientation
         meta["exif"] = exif.tobytes()
     return meta
+
+
+def _png_chunk(path: str | Path, kind: bytes) -> bytes | None:
+    """The data of a PNG file's first chunk of this kind, found by skipping from chunk to chunk."""
+    with open(path, "rb") as f:
+        f.seek(8)  # the signature
+        while len(head := f.read(8)) == 8:
+            length, found = struct.unpack(">I4s", head)
+            if found == kind:
+                return f.read(length)
+            if found == b"IEND":
+                return None
+            f.seek(length + 4, 1)  # the data and its CRC
+    return None
+
+
+def pixel_count(path: str | Path) -> int:
+    """Width x height from the header alone, no pixels decoded; 0 when the header cannot be read."""
+    try:
+        with _open(path) as im:
+            return im.width * im.height
+    except Exception:
+        return 0
 
 
 def frame_count(path: str | Path) -> int:
@@ -107,10 +153,10 @@ def frame_count(path: str | Path) -> int:
         return 1
 
 
-def _to_uint8_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def _to_uint8_rgb(im: Image.Image, scale: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Any Pillow mode -> (H, W, 3) uint8 RGB and (H, W) uint8 alpha or None, without a float copy."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        rgb, _ = _to_float_rgb(im)
+    if im.mode in _DEEP:
+        rgb, _ = _to_float_rgb(im, scale)
         return (rgb * 255).round().astype(np.uint8), None
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -118,19 +164,34 @@ def _to_uint8_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), alpha
 
 
+def _rows(height: int, width: int):
+    """(top, bottom) bands of rows of about BAND_PIXELS each."""
+    step = max(1, BAND_PIXELS // max(1, width))
+    for top in range(0, height, step):
+        yield top, min(height, top + step)
+
+
 def read_array(path: str | Path, max_size: int | None = None,
                uint8: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """-> (3, H, W) array and (1, H, W) alpha or None, longest side <= max_size: float32 in [0, 1], or
-    with uint8=True 0-255 (a quarter of the memory, for big photos). No torch."""
+    with uint8=True 0-255 (a quarter of the memory, for big photos). No torch. Converted a band of
+    rows at a time: the peak is the decoded image and the array, not two copies besides."""
     im = open_image(path)
     if max_size and max(im.size) > max_size:
         s = max_size / max(im.size)
         size = (max(1, round(im.width * s)), max(1, round(im.height * s)))
         im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0) if im.mode not in ("I;16", "F") else im.resize(size)
-    rgb, alpha = _to_uint8_rgb(im) if uint8 else _to_float_rgb(im)
-    del im  # Pillow's copy: a 48 MP photo is 190 MB
-    x = rgb.transpose(2, 0, 1).copy()  # a copy: Pillow's arrays are read-only
-    return x, (alpha.copy()[None] if alpha is not None else None)
+    convert, scale = (_to_uint8_rgb if uint8 else _to_float_rgb), _deep_scale(im) if im.mode in _DEEP else None
+    x = np.empty((3, im.height, im.width), np.uint8 if uint8 else np.float32)
+    alpha = None
+    for top, bottom in _rows(im.height, im.width):
+        rgb, a = convert(im.crop((0, top, im.width, bottom)), scale)
+        x[:, top:bottom] = rgb.transpose(2, 0, 1)
+        if a is not None:
+            if alpha is None:
+                alpha = np.empty((1, im.height, im.width), a.dtype)
+            alpha[0, top:bottom] = a
+    return x, alpha
 
 
 def load_image(path: str | Path, max_size: int | None = None, dtype=None):
@@ -155,10 +216,15 @@ def _as_uint8(x) -> np.ndarray:
 
 
 def to_pil(x, alpha=None) -> Image.Image:
-    """(3, H, W) float in [0, 1] or uint8 (and (1, H, W) alpha, either kind; torch or numpy) -> Pillow."""
-    im = Image.fromarray(np.ascontiguousarray(_as_uint8(x).transpose(1, 2, 0)), "RGB")
-    if alpha is not None:
-        im.putalpha(Image.fromarray(_as_uint8(alpha)[0], "L"))
+    """(3, H, W) float in [0, 1] or uint8 (and (1, H, W) alpha, either kind; torch or numpy) -> Pillow.
+    Filled a band of rows at a time: the image and the array, no whole-size copy between them."""
+    h, w = x.shape[1:]
+    im = Image.new("RGB" if alpha is None else "RGBA", (w, h))
+    for top, bottom in _rows(h, w):
+        band = _as_uint8(x[:, top:bottom])
+        if alpha is not None:
+            band = np.concatenate([band, _as_uint8(alpha[:, top:bottom])])
+        im.paste(Image.fromarray(np.ascontiguousarray(band.transpose(1, 2, 0))), (0, top))
     return im
 
 

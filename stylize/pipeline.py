@@ -23,10 +23,14 @@ from .errors import StylizeError
 from .files import folder_lock, in_use
 from .mixing import check_strength
 from .settings import ApplyConfig
-from .images import HAS_ALPHA, IMAGE_EXTENSIONS, SAVE_FORMATS, UNREADABLE_EXTENSIONS, find_images, frame_count, metadata, save_image
+from .images import HAS_ALPHA, IMAGE_EXTENSIONS, SAVE_FORMATS, UNREADABLE_EXTENSIONS, find_images, frame_count, metadata, pixel_count, save_image
 
 
 MIN_TILE = 64
+# Photos read ahead together may have at most this many pixels by their headers (about 450 MB while
+# they decode); a bigger photo is read alone. Whether a decoded photo is over the network's budget is
+# known only once it is read: this keeps a batch of huge photos from being decoded side by side.
+READ_AHEAD_PIXELS = 64_000_000
 
 
 def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = None,
@@ -305,14 +309,18 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], config: A
 
         readers = ThreadPoolExecutor(workers, thread_name_prefix="stylize-read")
         writers = ThreadPoolExecutor(workers, thread_name_prefix="stylize-write")
-        queue, reads, writes, ahead = iter(todo), deque(), deque(), workers + 1
+        queue, reads, writes, ahead = deque(todo), deque(), deque(), workers + 1
         try:
             while True:
-                while len(reads) < ahead and (job := next(queue, None)) is not None:
-                    reads.append((job, readers.submit(read, job[0])))
+                while len(reads) < ahead and queue:
+                    pixels = pixel_count(queue[0][0])
+                    if reads and sum(r[2] for r in reads) + pixels > READ_AHEAD_PIXELS:
+                        break
+                    job = queue.popleft()
+                    reads.append((job, readers.submit(read, job[0]), pixels))
                 if not reads:
                     break
-                (src, dst), loading = reads.popleft()
+                (src, dst), loading, _ = reads.popleft()
                 try:
                     x, alpha, m, meta = loading.result()
                 except StylizeError as e:
@@ -321,6 +329,8 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], config: A
                 except Exception as e:  # Pillow raises more than it documents on broken files
                     done(src, dst, f"{src}: cannot read ({type(e).__name__}: {e})")
                     continue
+                finally:
+                    del loading  # the future holds the photo: without this, `del x` below would free nothing
                 huge = x.shape[1] * x.shape[2] > big
                 ahead = 1 if huge else workers + 1  # one huge photo in memory at a time, not a queue of them
                 try:
@@ -347,7 +357,7 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], config: A
         except KeyboardInterrupt:
             report.interrupted = True
         finally:
-            for _, loading in reads:
+            for _, loading, _ in reads:
                 loading.cancel()
             readers.shutdown(wait=False, cancel_futures=True)
             _wait_all(writes)

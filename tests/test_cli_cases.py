@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 
 import pytest
@@ -268,10 +269,70 @@ def test_a_killed_batch_exits_143(tmp_path, model, monkeypatch):
     assert "--skip-existing" in result.stderr
 
 
+def _commands():
+    import typer.main
+
+    return typer.main.get_command(app).commands
+
+
 def test_help_texts_read_cleanly():
-    for command in ("train", "apply", "sheet", "export", "models", "info", "serve"):
+    commands = _commands()
+    assert {"train", "apply", "sheet", "export", "models", "info", "serve"} <= set(commands)
+    for command, cmd in commands.items():  # every command, calibrate or whatever comes next included
         text = invoke(command, "--help").stdout
         assert " ." not in text and "<list[str]>" not in text.split("Arguments:")[0], command
+        placeholders = re.findall(r"<(?:int|float|str|path|text|integer|boolean)(?: range)?>", text)
+        assert not placeholders, (command, placeholders)  # click's type names, not the value's
+        usage, description = text.split("\n", 1)[0], re.split(r"\n(?:Arguments|Options):", text)[0]
+        assert "{" not in usage and "}" not in usage, usage
+        assert not re.search(r"\S {2,}\S", description), (command, description)  # a docstring's indent left in
+        undocumented = [p.opts[0] for p in cmd.params if p.param_type_name == "option" and not p.hidden and not p.help]
+        assert not undocumented, (command, undocumented)
+    train, apply = invoke("train", "--help").stdout, invoke("apply", "--help").stdout
+    for shown in ("--iterations N ", "--lr X ", "--content PATH ", "--device DEVICE ", "--norm NORM "):
+        assert shown in train, shown
+    for shown in ("-m, --model MODEL ", "--style-weight, --strength X ", "--runtime RUNTIME ", "--out-dir PATH "):
+        assert shown in apply, shown
+    assert apply.split("\n", 1)[0].endswith(" apply [OPTIONS] PHOTO...")
+
+
+def complete(words: str, env: dict | None = None) -> list[str]:
+    """What the shell would offer for the last word of `words`, through click's completion protocol
+    (the _STYLIZE_COMPLETE variable a completion script sets), as bash asks for it."""
+    env = {"_STYLIZE_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split(" ")) - 1),
+           **(env or {})}
+    result = CliRunner().invoke(app, [], prog_name="stylize", env=env)
+    assert result.exit_code == 0, result.output
+    return result.stdout.split()
+
+
+def test_shell_completion_offers_models_devices_and_choices(tmp_path, monkeypatch):
+    import sys
+
+    from stylize.settings import DEVICES, LOSS_NETS, NETWORKS, NORMS, RUNTIMES
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # completing imports no torch: a key press, not 2 s
+    (tmp_path / "mine.pt").write_bytes(b"")
+    shipped = [p.stem for p in modelfile.find_models()]
+    assert "starry_night" in shipped
+    env = {"STYLIZE_MODELS": str(tmp_path)}
+    assert complete("stylize apply photo.jpg --model ", env) == ["mine"] + shipped  # as `stylize models` lists them
+    assert complete("stylize apply photo.jpg -m sta", env) == ["starry_night"]
+    assert complete("stylize sheet photo.jpg --model mi", env) == ["mine"]
+    assert "mine" in complete("stylize serve --model ", env) and complete("stylize info mi", env) == ["mine"]
+    assert complete(f"stylize apply photo.jpg --model {tmp_path}/") == [f"{tmp_path}/mine.pt"]  # a path: files
+    for command in ("train", "apply photo.jpg", "sheet photo.jpg", "serve"):
+        assert complete(f"stylize {command} --device ") == list(DEVICES), command
+    assert complete("stylize train --device c") == ["cuda", "cpu"]
+    assert complete("stylize train --norm ") == list(NORMS)
+    assert complete("stylize train --network ") == list(NETWORKS)
+    assert complete("stylize train --loss-net ") == list(LOSS_NETS)
+    assert complete("stylize train --lr-schedule ") == ["cosine", "constant"]
+    assert complete("stylize train --style-loss ") == ["auto", "gram", "meanstd", "sliced"]
+    assert complete("stylize apply photo.jpg --runtime ") == list(RUNTIMES)
+    assert complete("stylize serve --runtime o") == ["onnx"]
+    assert complete("stylize apply photo.jpg --color-method ") == ["luminance", "match"]
+    assert complete("stylize export starry_night --format ") == ["onnx"]
 
 
 def test_strength_is_another_name_for_style_weight(tmp_path, model, photo):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,203 @@ def test_find_images_is_recursive_sorted_and_filters_extensions(tmp_path):
 def test_to_pil_clamps_and_rounds():
     im = images.to_pil(torch.tensor([[[-0.5, 0.5]], [[1.5, 0.999]], [[0.0, 1 / 255]]]))
     assert np.asarray(im).tolist() == [[[0, 255, 0], [128, 255, 1]]]
+
+
+# ---------------------------------------------------------------- big photos in bounded memory (issue 34)
+# A photo the pixel guard accepts may have 250 megapixels: 750 MB as the (3, H, W) uint8 array and
+# 1 GB as Pillow's image. Each step below may add only bands of it (BAND_PIXELS, made small here),
+# measured with tracemalloc (numpy's and Python's allocations; Pillow's own are its C heap).
+
+def _peak(function, *args):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = function(*args)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _mode_images(tmp_path):
+    """A 60x50 image in each mode that converts differently, saved as PNG or TIFF."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE)
+    out = {"RGB": Image.fromarray(rgb), "L": Image.fromarray(rgb[..., 0]), "P": pal,
+           "RGBA": Image.fromarray(np.dstack([rgb, rgb[..., 1]]), "RGBA"), "CMYK": Image.fromarray(rgb).convert("CMYK"),
+           "I;16": Image.fromarray((rgb[..., 0].astype(np.uint16) * 200)),
+           "I": Image.fromarray(rgb[..., 1].astype(np.int32) * 3),  # 8-bit levels past 255: read as 16-bit
+           "F": Image.fromarray(rgb[..., 2].astype(np.float32) / 300)}
+    paths = {}
+    for mode, im in out.items():
+        paths[mode] = tmp_path / f"{mode.replace(';', '')}.{'tif' if mode in ('CMYK', 'I', 'F') else 'png'}"
+        im.save(paths[mode], **({"transparency": 3} if mode == "P" else {}))
+    return paths
+
+
+def test_a_photo_is_read_a_band_at_a_time_with_the_same_result(tmp_path, monkeypatch):
+    paths = _mode_images(tmp_path)
+    whole = {m: [images.read_array(p, uint8=u) for u in (False, True)] for m, p in paths.items()}
+    monkeypatch.setattr(images, "BAND_PIXELS", 60 * 7)  # bands of 7 rows, the last one shorter
+    for mode, path in paths.items():
+        for (x, alpha), uint8 in zip(whole[mode], (False, True)):
+            y, beta = images.read_array(path, uint8=uint8)
+            np.testing.assert_array_equal(y, x, err_msg=mode)
+            assert (beta is None) == (alpha is None) and (beta is None or np.array_equal(beta, alpha)), mode
+    big = tmp_path / "big.png"
+    make_photo(0, 600, 400).save(big)
+    (x, _), peak = _peak(images.read_array, big, None, True)
+    assert peak < x.nbytes * 1.1, peak / x.nbytes  # the array and a band; it was twice the array
+
+
+def test_opening_a_photo_makes_no_copy_of_it(tmp_path, monkeypatch):
+    make_photo(0, 48, 40).save(tmp_path / "p.png")
+    a = np.zeros((40, 48, 3), np.uint8)
+    a[:16, :16] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+
+    def copy(self):
+        raise AssertionError("a copy of the whole image (1 GB at the pixel limit)")
+
+    monkeypatch.setattr(Image.Image, "copy", copy)
+    assert images.open_image(tmp_path / "p.png").size == (48, 40)
+    assert images.open_image(tmp_path / "rotated.jpg").size == (40, 48)  # and still turned upright
+
+
+def test_an_output_is_filled_a_band_at_a_time(monkeypatch):
+    rng = np.random.default_rng(0)
+    x, alpha = rng.integers(0, 256, (3, 400, 600), dtype=np.uint8), rng.integers(0, 256, (1, 400, 600), dtype=np.uint8)
+    expected = np.dstack([x.transpose(1, 2, 0), alpha[0]])
+    monkeypatch.setattr(images, "BAND_PIXELS", 600 * 9)
+    im, peak = _peak(images.to_pil, x)
+    assert np.array_equal(np.asarray(im), expected[..., :3]) and peak < x.nbytes * 0.1, peak / x.nbytes
+    assert np.array_equal(np.asarray(images.to_pil(x, alpha)), expected)
+    as_float = images.to_pil(torch.from_numpy(x).float() / 255, torch.from_numpy(alpha).float() / 255)
+    assert np.array_equal(np.asarray(as_float), expected)
+
+
+def test_metadata_of_a_png_decodes_no_pixels(tmp_path, monkeypatch):
+    """Pillow's getexif decodes a whole PNG to look for EXIF after its pixels: a second decode of the
+    photo, 1 GB at the pixel limit. The chunk is found by skipping from chunk to chunk instead."""
+    import struct
+
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Maker", 6
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "before.png", exif=exif.tobytes(), dpi=(300, 300))
+    data, chunks, pos = (tmp_path / "before.png").read_bytes(), [], 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunks.append((kind, data[pos:pos + 12 + length]))
+        pos += 12 + length
+    order = [c for k, c in chunks if k not in (b"eXIf", b"IEND")] + [c for k, c in chunks if k == b"eXIf"] + [chunks[-1][1]]
+    (tmp_path / "after.png").write_bytes(data[:8] + b"".join(order))  # eXIf after the pixels, as some tools write it
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: pytest.fail("decoded the pixels"))
+    for name in ("before.png", "after.png"):
+        meta = images.metadata(tmp_path / name)
+        kept = Image.Exif()
+        kept.load(meta["exif"])
+        assert dict(kept) == {0x010F: "Maker"} and meta["dpi"] == pytest.approx((300, 300), abs=0.01), name  # orientation applied
+
+
+def test_work_size_resizing_and_restoring_go_in_bands_exactly(monkeypatch):
+    from stylize import scale
+
+    def two_passes(a, shape):  # Pillow's bicubic, its horizontal pass then its vertical one, whole
+        im = Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)))
+        im = im.resize((shape[1], im.height), Image.Resampling.BICUBIC).resize((shape[1], shape[0]), Image.Resampling.BICUBIC)
+        return np.asarray(im).transpose(2, 0, 1)
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3, 630, 400), dtype=np.uint8)
+    shape = scale.work_shape(630, 400, {"work_size": 40})  # (63, 40): the photo's tenth, as 480 px is a big one's
+    whole_small = scale.resize(x, shape)  # within one band: Pillow's own call
+    monkeypatch.setattr(scale, "BAND_PIXELS", 400 * 11)
+    small, resize_peak = _peak(scale.resize, x, shape)
+    np.testing.assert_array_equal(small, two_passes(x, shape))
+    assert np.abs(small.astype(int) - whole_small).max() <= 2  # Pillow takes the passes the other way round here
+    y_small = rng.integers(0, 256, small.shape, dtype=np.uint8)
+    out, peak = _peak(scale.restore, y_small, small, x)
+    expected = np.clip(two_passes(y_small, x.shape[1:]).astype(int) + x - two_passes(small, x.shape[1:]), 0, 255)
+    np.testing.assert_array_equal(out, expected)
+    # shrinking: the photo's horizontal pass (a tenth of it) and bands; restoring: the output, both
+    # small images' horizontal passes (a tenth each) and bands. Whole, they took 1.0 and 5.0 times the photo.
+    assert resize_peak < x.nbytes * 0.3 and peak < x.nbytes * 1.5, (resize_peak / x.nbytes, peak / x.nbytes)
+
+
+def test_a_photo_is_freed_before_its_output_is_written(tmp_path, monkeypatch):
+    """apply_files drops the decoded photo once stylized, so a big photo's write holds the output
+    alone (the reader's future used to keep the photo until the next one)."""
+    import weakref
+
+    from stylize import pipeline
+    from stylize.settings import ApplyConfig
+
+    photos = {}
+
+    class Stylizer:  # every photo over the memory budget: one at a time
+        name, has_strength, budget = "invert", True, 1
+
+        def condition(self, *args, **kwargs):
+            return None
+
+        def load(self, path, max_size=None):
+            x, alpha = images.read_array(path, max_size, uint8=True)
+            photos[Path(path).stem] = weakref.ref(x)
+            return x, alpha
+
+        def run(self, x, cond, strength):
+            return 255 - x
+
+    alive, save = [], pipeline.save_image
+    monkeypatch.setattr(pipeline, "save_image", lambda y, dst, *a, **k: alive.append(photos[dst.stem]() is not None)
+                        or save(y, dst, *a, **k))
+    for i in range(2):
+        make_photo(i, 64, 48).save(tmp_path / f"p{i}.png")
+    report = pipeline.apply_files(Stylizer(), [str(tmp_path / "p0.png"), str(tmp_path / "p1.png")],
+                                  ApplyConfig(out_dir=str(tmp_path / "out")))
+    assert len(report.written) == 2 and alive == [False, False]
+
+
+def test_photos_too_big_to_read_side_by_side_are_read_alone(tmp_path, monkeypatch):
+    """Before a photo is decoded its size is known from its header: a batch reads photos ahead only
+    while together they stay within pipeline.READ_AHEAD_PIXELS (three huge photos were decoded at
+    once before the first one's size was known)."""
+    import threading
+    import time
+
+    from stylize import pipeline
+    from stylize.settings import ApplyConfig
+
+    lock, reading, most = threading.Lock(), [0], [0]
+
+    class Stylizer:  # a budget no photo here reaches: read-ahead is limited by the headers alone
+        name, has_strength, budget = "invert", True, 1 << 40
+
+        def condition(self, *args, **kwargs):
+            return None
+
+        def load(self, path, max_size=None):
+            with lock:
+                reading[0] += 1
+                most[0] = max(most[0], reading[0])
+            time.sleep(0.05)
+            with lock:
+                reading[0] -= 1
+            return images.read_array(path, max_size, uint8=True)
+
+        def run(self, x, cond, strength):
+            return 255 - x
+
+    for i in range(4):
+        make_photo(i, 64, 48).save(tmp_path / f"p{i}.png")  # 3072 pixels each
+    for limit, expected in ((5000, 1), (7000, 2)):
+        most[0] = 0
+        monkeypatch.setattr(pipeline, "READ_AHEAD_PIXELS", limit)
+        report = pipeline.apply_files(Stylizer(), [str(tmp_path / f"p{i}.png") for i in range(4)],
+                                      ApplyConfig(out_dir=str(tmp_path / f"out{limit}")))
+        assert len(report.written) == 4 and most[0] == expected, (limit, most[0])
