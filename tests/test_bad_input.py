@@ -164,25 +164,24 @@ def test_negative_workers_are_refused(tmp_path, photos_dir, style_path):
 
 # ---------------------------------------------------------------- a mask with --max-size
 
-def test_a_mask_is_scaled_with_the_photo_by_max_size(tmp_path, make_model):
+def _apply_masked(tmp_path, make_model, mask_size, *extra):
+    """A 96x64 photo through a two-style model with a white mask of mask_size."""
     photo, mask = tmp_path / "p.png", tmp_path / "m.png"
     make_photo(3, 96, 64).save(photo)
-    Image.new("L", (96, 64), 255).save(mask)
+    Image.new("L", mask_size, 255).save(mask)
     model = make_model(norm="conditional", num_styles=2)
-    r = invoke("apply", photo, "--model", model, "--style", "style0", "--style", "style1", "--mask", mask,
-               "--max-size", 48, "--out", tmp_path / "o.png", "-q")
+    return invoke("apply", photo, "--model", model, "--style", "style0", "--style", "style1", "--mask", mask,
+                  "--out", tmp_path / "o.png", "-q", *extra)
+
+
+def test_a_mask_is_scaled_with_the_photo_by_max_size(tmp_path, make_model):
+    r = _apply_masked(tmp_path, make_model, (96, 64), "--max-size", 48)
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "o.png").size == (48, 32)
 
 
 def test_a_mask_of_another_shape_is_still_refused(tmp_path, make_model):
-    photo, mask = tmp_path / "p.png", tmp_path / "m.png"
-    make_photo(3, 96, 64).save(photo)
-    Image.new("L", (64, 64), 255).save(mask)
-    model = make_model(norm="conditional", num_styles=2)
-    r = invoke("apply", photo, "--model", model, "--style", "style0", "--style", "style1", "--mask", mask,
-               "--out", tmp_path / "o.png", "-q")
-    assert_clean_failure(r, "mask is 64x64")
+    assert_clean_failure(_apply_masked(tmp_path, make_model, (64, 64)), "mask is 64x64")
 
 
 # ---------------------------------------------------------------- two batches into one folder
