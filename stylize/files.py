@@ -15,6 +15,15 @@ except ImportError:  # Windows: no locks; a concurrent run there is the user's t
     fcntl = None
 
 
+CACHE_ENV = "STYLIZE_CACHE"
+
+
+def cache_root() -> Path:
+    """Where stylize caches what it can make again (ONNX graphs: graphs.py; decoded training photos:
+    data.py): $STYLIZE_CACHE, else ~/.cache/stylize."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "stylize").expanduser()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

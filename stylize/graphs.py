@@ -10,16 +10,15 @@ from typing import Callable
 
 from . import mixing, modelfile
 from .errors import StylizeError
-from .files import file_sha256
+from .files import CACHE_ENV, cache_root, file_sha256
 from .onnx_runtime import OnnxStylizer
 from .settings import ApplyConfig
 
-CACHE_ENV = "STYLIZE_CACHE"
 CACHE_MB = 512  # the graph cache keeps the most recently used graphs within this size
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "stylize").expanduser()
+    return cache_root()
 
 
 def cached_graph(model: str | Path, notice: Callable[[str], None] | None = None, default: bool = False) -> Path:

@@ -26,8 +26,9 @@ LEVERS = {
     "cudnn_benchmark": "cuDNN times its convolution algorithms once per shape and keeps the fastest "
                        "(not for inputs whose shape changes every step: fixed_algorithms)",
     "fused_adam": "Adam's update in one fused kernel over all parameters",
-    "gpu_data": "photos decoded once by loader workers, kept on the GPU as uint8, cropped and mirrored "
-                "there (data.DeviceCrops)",
+    "gpu_data": "the training photos' uint8 cache (data.PhotoCache) copied to the GPU and each batch's crops "
+                "cut and mirrored there by one gather (data.CachedCrops); without it they are cut on the host "
+                "and sent from pinned memory",
     "compile": "torch.compile of the transformer and the loss (opt-in: compiling costs tens of seconds, "
                "which short runs do not win back)",
 }
@@ -83,3 +84,24 @@ def fixed_algorithms() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.benchmark = old
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (a step's draws) on `device` without the host waiting for the device: on
+    CUDA through pinned memory, without blocking (a plain .to() from pageable memory waits for the
+    stream to finish all its queued work first)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def host_values(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """A step's loss terms as numbers for its log line, in one copy to the host: the step's only wait
+    for the device, made once the whole step (backward and optimizer) is queued, where float() on
+    each term before the backward made the host wait, with the device idle, once a term. The numbers
+    are float()'s exactly: float32 and narrower terms go through float32, float64 ones stay."""
+    if not terms:
+        return {}
+    values = [v.detach().reshape(()) for v in terms.values()]
+    wide = torch.float64 if any(v.dtype == torch.float64 for v in values) else torch.float32
+    return dict(zip(terms, torch.stack([v.to(wide) for v in values]).tolist()))

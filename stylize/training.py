@@ -20,7 +20,7 @@ import torch
 
 from . import __version__, distributed, modelfile, speed
 from .devices import pick_device
-from .data import batches, content_files, load_style, style_files
+from .data import batches, content_files, load_style, pick_loader, style_files
 from .errors import StylizeError
 from .images import load_image, save_image
 from .losses import PerceptualLoss, draw_shift
@@ -231,7 +231,7 @@ class TransformerRecipe:
         if x is None:
             return None, 0
         style_index, strength = self.shard.part(style_index), self.shard.part(strength)
-        si, st = style_index[:len(x)].to(self.device), strength[:len(x)].to(self.device)
+        si, st = speed.to_device(style_index[:len(x)], self.device), speed.to_device(strength[:len(x)], self.device)
         cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.strength else None)
         y = self.model(x, cond)
         return self.loss(y, x, si, st, self.weights, directions, shift=shift), len(x)
@@ -368,7 +368,7 @@ class PredictionRecipe:
 
     def features(self, painting: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad(), speed.fixed_algorithms():  # a view's shape changes every step
-            return self.loss.net(painting[None].to(self.device))
+            return self.loss.net(speed.to_device(painting[None], self.device))
 
     def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:
         from .style_prediction import augment
@@ -385,7 +385,7 @@ class PredictionRecipe:
         shift = jitter(self.cfg, draws)
         if x is None:
             return None, 0
-        strength = self.shard.part(strength)[:len(x)].to(self.device)
+        strength = speed.to_device(self.shard.part(strength)[:len(x)], self.device)
         y = self.model(x, features, strength if self.cfg.strength else None)
         return self.loss(y, x, None, strength, self.weights, directions, shift=shift), len(x)
 
@@ -565,12 +565,20 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
     amp = "bf16" in levers
     workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
     skipped, it = 0, start
+    notice = lambda line: progress(Progress(start, cfg.iterations, {}, 0, "loss_net", note=line))  # noqa: E731
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+
+    # the run's photo loader (data.batches), which its checkpoints record; a checkpoint from before
+    # they did resumes on the stream it began with: gpu_data's crops were the cache's, others decoded
+    kind = ckpt.get("loader") if ckpt is not None else None
+    if kind is None:
+        kind = pick_loader(files, max(cfg.image_size, cfg.content_size), notice) if ckpt is None else \
+            "cache" if "gpu_data" in levers else "decode"
 
     def checkpoint() -> Path:
         rec = recipe.record(half=False)
         rec.update(optimizer=opt.state_dict(), iteration=it, history=history,
-                   rng={"draws": draws.get_state()})
+                   rng={"draws": draws.get_state()}, loader=kind)
         path = modelfile.save(rec, folder / "checkpoint.pt")
         write_log(history, folder)
         return path
@@ -578,8 +586,9 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
     net.train()
     with _StopFlag() as flag:
         loader = batches(files, cfg.image_size, cfg.batch_size, cfg.seed, start, cfg.iterations, workers,
-                         pin=device.type == "cuda", device=device if "gpu_data" in levers else None,
-                         rank=shard.rank, world=shard.world, content_size=cfg.content_size)
+                         pin=device.type == "cuda", device=device, rank=shard.rank, world=shard.world,
+                         content_size=cfg.content_size, loader=kind, host_crops="gpu_data" not in levers,
+                         notice=notice)
         for x, bad in loader:
             stand_in = x is None and shard.world > 1  # every process takes part in a step (DDP): when none
             if stand_in:  # of its share could be read, with a sample photo weighted 0
@@ -589,7 +598,10 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 terms, used = recipe.step(x, draws)
             used = 0 if stand_in else used
-            n, bad, means = shard.average(terms or {}, used, bad)  # over every process's examples
+            if shard.world == 1:  # no need to wait for the losses to know the step's examples
+                n = used
+            else:
+                n, bad, means = shard.average(terms or {}, used, bad)  # over every process's examples
             skipped += bad
             if n:
                 for group in opt.param_groups:
@@ -599,6 +611,8 @@ def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | 
                 # mean over all the batch's examples, as one process would have it (the weight is 1 then)
                 (terms["total"] * (used * shard.world / n)).backward()
                 opt.step()
+                if shard.world == 1:  # the log line's numbers: one copy, once the whole step is queued
+                    means = speed.host_values(terms)
             else:  # a batch of only unreadable files is skipped
                 means = {"total": float("nan")}
             it += 1

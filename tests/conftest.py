@@ -178,6 +178,7 @@ def trained(tmp_path_factory, photos_dir, style_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(tmp / "torch"))
         mp.setenv("STYLIZE_OFFLINE", "1")
+        mp.setenv("STYLIZE_CACHE", str(tmp / "cache"))  # before the per-test HOME: not the user's cache
         mp.setattr(vgg, "random_features", cached_random_features)
         path = train(cfg, progress=events.append)
     return SimpleNamespace(path=Path(path), cfg=cfg, events=events, run=tmp / "model_run",

@@ -142,6 +142,7 @@ def straight(tmp_path_factory, photos_dir, style_path):
     cfg = tiny_config(tmp, photos_dir, [style_path], iterations=N, checkpoint_every=K, width=4)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(vgg, "random_features", cached_random_features)
+        mp.setenv("STYLIZE_CACHE", str(tmp / "cache"))  # before the per-test HOME: not the user's cache
         train(cfg, progress=keep)
     return {"cfg": cfg, "kept": kept, **snapshot(Path(cfg.out))}
 
