@@ -292,8 +292,9 @@ def apply(
     _choice(runtime, RUNTIMES, "STYLIZE_RUNTIME" if _from_env(ctx, "runtime") else "--runtime")
     if out is not None and _given(ctx, "out_dir"):
         raise StylizeError("--out names one output file and --out-dir a folder for several: give one of them")
-    if out is not None and str(out) != "-" and (out.is_dir() or str(out).endswith(("/", "\\"))):
-        raise StylizeError(f"--out {out}: a folder; use --out-dir {out} (--out names one output file)")
+    if out is not None and str(out) != "-" and (out.is_dir() or not out.suffix):  # "folder/" arrives as "folder"
+        raise StylizeError(f"--out {out}: {'a folder' if out.is_dir() else 'no file type'}; name one output file "
+                           f"(photo.png), or use --out-dir {out} for a folder")
     from .images import IMAGE_EXTENSIONS
     from .mixing import check_strength, style_image
     from .pipeline import MIN_TILE

@@ -13,6 +13,10 @@ from PIL import Image
 from stylize import files, pipeline
 from stylize.settings import ApplyConfig
 
+from typer.testing import CliRunner
+
+from stylize.cli import app
+
 from conftest import make_photo
 from test_cli import assert_clean_failure, files_under, invoke
 
@@ -278,3 +282,51 @@ def test_a_run_resumed_from_another_folder_writes_its_model_beside_its_run(tmp_p
     assert r.exit_code == 0, r.output
     assert torch.load(tmp_path / "first" / "model.pt", weights_only=True)["iteration"] == 3
     assert files_under(tmp_path / "elsewhere") == []
+
+
+# ---------------------------------------------------------------- --out and friends, refused before any work
+
+@pytest.mark.parametrize("out,extra,fragment", [
+    ("x.xyz", [], "unknown output format .xyz"),
+    ("folder/", [], "use --out-dir folder"),
+    ("existing", [], "a folder; name one output file"),
+    ("a.png", ["--out-dir", "elsewhere"], "give one of them"),
+])
+def test_out_mistakes_are_refused_before_any_work(tmp_path, model, photo, monkeypatch, out, extra, fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing").mkdir()
+    import stylize.pipeline as p
+
+    monkeypatch.setattr(p, "open_stylizer", lambda *a, **k: pytest.fail("work started"))
+    assert_clean_failure(invoke("apply", photo, "--model", model, "--out", out, *extra), fragment)
+
+
+def test_a_bad_runtime_from_the_environment_names_the_variable(tmp_path, model, photo, monkeypatch):
+    monkeypatch.setenv("STYLIZE_RUNTIME", "bogus")
+    assert_clean_failure(invoke("apply", photo, "--model", model, "--out", tmp_path / "o.png"), "STYLIZE_RUNTIME 'bogus'")
+
+
+def test_skip_existing_redoes_an_empty_output(tmp_path, model, photo):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "photo.png").write_bytes(b"")  # what a full disk or a crash of another tool leaves
+    r = invoke("apply", photo, "--model", model, "--out-dir", out, "--skip-existing", "-q")
+    assert r.exit_code == 0, r.output
+    assert (out / "photo.png").stat().st_size > 0
+
+
+def test_a_style_named_like_a_model_says_use_model(tmp_path, photo, monkeypatch, make_model):
+    models = tmp_path / "models"
+    models.mkdir()
+    import shutil
+
+    shutil.copy(make_model(), models / "udnie.pt")
+    monkeypatch.setenv("STYLIZE_MODELS", str(models))
+    r = invoke("apply", photo, "--style", "udnie", "--model", make_model(name="other"), "--out", tmp_path / "o.png")
+    assert_clean_failure(r, "use --model udnie")
+
+
+def test_a_bad_photo_on_standard_input_is_named_standard_input(tmp_path, model):
+    r = CliRunner().invoke(app, ["apply", "-", "--model", str(model)], input=b"not a picture")
+    line = assert_clean_failure(r, "standard input")
+    assert "stylize-" not in line  # not the temporary file's path
