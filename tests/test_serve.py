@@ -523,15 +523,23 @@ def open_page(browser, server, **options):
 def test_the_page_works_by_keyboard(server, browser, tmp_path):
     make_photo(7, 64, 48).save(tmp_path / "photo.png")
     page = open_page(browser, server)
+    choosers = []
+    # listening from the start: Playwright turns on its file-chooser interception without waiting
+    # for the browser's answer, so a listener added just before Enter could miss the dialog
+    page.on("filechooser", lambda chooser: choosers.append(chooser))
     try:
         for _ in range(10):  # Tab from the top of the page to the photo picker
             page.keyboard.press("Tab")
             if page.evaluate("document.activeElement.id") == "drop":
                 break
         assert page.evaluate("document.activeElement.id") == "drop"
-        with page.expect_file_chooser() as chooser:
-            page.keyboard.press("Enter")
-        chooser.value.set_files(str(tmp_path / "photo.png"))
+        page.keyboard.press("Enter")
+        for _ in range(100):
+            if choosers:
+                break
+            page.wait_for_timeout(100)
+        assert choosers, "Enter on the photo picker opened no file chooser"
+        choosers[0].set_files(str(tmp_path / "photo.png"))
         page.wait_for_function(READY, timeout=60_000)
         order = []
         for _ in range(6):  # and on to the style, the slider and Download
