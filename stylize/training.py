@@ -54,12 +54,17 @@ def run_dir(out: str | Path) -> Path:
 
 
 def writable(out: Path) -> None:
-    """Refuse, before any set-up, a model path whose folder cannot be written."""
+    """Refuse, before any set-up, a model path whose folder cannot be written (or made); nothing is
+    created here, so a refused run leaves no empty folder."""
     import tempfile
 
+    existing = out.parent.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
         raise StylizeError(f"--out {out}: cannot write in {out.parent} ({e.strerror or type(e).__name__})") from None
 
