@@ -36,10 +36,10 @@ PHOTO = ROOT / "examples" / "chelsea.jpg"
 
 
 def make_models(folder: Path, args) -> dict[str, Path]:
-    from stylize import modelfile
-    from stylize.adain import AdaINConfig, AdaINNet
+    from stylize.models import modelfile
+    from stylize.models.adain import AdaINConfig, AdaINNet
     from stylize.settings import TrainConfig
-    from stylize.training import model_record
+    from stylize.train.training import model_record
 
     models = {"in": Path(args.model_in) if args.model_in else modelfile.resolve("starry_night")}
     if args.model_cin:
@@ -49,7 +49,7 @@ def make_models(folder: Path, args) -> dict[str, Path]:
     if args.model_adain:
         models["adain"] = Path(args.model_adain)
     else:
-        from stylize.vgg import random_features
+        from stylize.features.vgg import random_features
 
         net = AdaINNet(AdaINConfig(encoder="random vgg19", width=32))
         net.encoder.features.load_state_dict(random_features("vgg19")[0][:21].state_dict())
@@ -64,9 +64,9 @@ def flops_per_image(kind: str, model: Path, w: int, h: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from stylize import modelfile
-    from stylize.adain import AdaINConfig, AdaINNet
-    from stylize.networks import NetConfig, TransformerNet
+    from stylize.models import modelfile
+    from stylize.models.adain import AdaINConfig, AdaINNet
+    from stylize.models.networks import NetConfig, TransformerNet
 
     rec = modelfile.load(model)
     with torch.device("meta"):

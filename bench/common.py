@@ -125,10 +125,10 @@ def random_model(path: Path, norm: str = "instance", styles: tuple[str, ...] = (
     speed and memory benchmarks that must not depend on a shipped model."""
     import torch
 
-    from stylize import modelfile
-    from stylize.networks import NetConfig, TransformerNet
+    from stylize.models import modelfile
+    from stylize.models.networks import NetConfig, TransformerNet
     from stylize.settings import TrainConfig
-    from stylize.training import model_record
+    from stylize.train.training import model_record
 
     torch.manual_seed(0)
     net = TransformerNet(NetConfig(norm, len(styles), True, width) if norm == "conditional" else NetConfig(width=width))

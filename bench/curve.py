@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import QUALITY, load_quality  # noqa: E402
 
-from stylize import modelfile  # noqa: E402
+from stylize.models import modelfile  # noqa: E402
 from stylize.images import load_image, save_image  # noqa: E402
-from stylize.inference import Stylizer  # noqa: E402
+from stylize.apply.engines.pytorch import Stylizer  # noqa: E402
 
 
 def plot(rows: list[dict], path: Path, photos: int) -> None:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stylize import networks
-from stylize.export import OPSET, _Transformer
-from stylize.networks import Architecture, NetConfig, TransformerNet
+from stylize.models import networks
+from stylize.apply.engines.export import OPSET, _Transformer
+from stylize.models.networks import Architecture, NetConfig, TransformerNet
 
 VARIANTS = {  # name: (architecture, width)
     "johnson w32": ("johnson", 32),

@@ -15,7 +15,7 @@ All in this process, one after another, with --threads torch threads (default 2)
   `stylize train` runs it). "cache": data.CachedCrops from the memory map, cut on the device (on
   CUDA: the gpu_data lever) and, on CUDA, "cache-host": cut on the host, sent from pinned memory.
 - the default recipe (light network width 16, batch 4, 160 px, EfficientNet-Lite0 loss, the device's
-  levers) trained by stylize.training.train with each loader, alternating, --repeats times: seconds a
+  levers) trained by stylize.train.training.train with each loader, alternating, --repeats times: seconds a
   step over steps warmup+1 .. warmup+steps (loader included), medians; it/s.
 - ratio: the cache's batches a second times the cache run's seconds a step, the batches it can
   deliver while one step consumes one (issue 32 asks for 20 or more).
@@ -115,7 +115,7 @@ def train_steps(cfg, levers, loader: str, warmup: int, steps: int, device, count
     """Seconds a step of training over steps warmup+1 .. warmup+steps (the loader's time included)."""
     import torch
 
-    from stylize.training import train
+    from stylize.train.training import train
 
     times, syncs = [], []
 
@@ -155,7 +155,7 @@ def host_profile(args, content: Path, style: Path, tmp: Path, device, levers) ->
     from torch.profiler import ProfilerActivity, profile, schedule
 
     from stylize.settings import TrainConfig
-    from stylize.training import train
+    from stylize.train.training import train
 
     cfg = TrainConfig(style=[str(style)], content=str(content), out=str(tmp / "profiled" / "model.pt"),
                       width=args.profile_width, image_size=32, content_size=0, style_size=64,
@@ -225,7 +225,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from stylize import data, speed
+    from stylize.train import data, speed
     from stylize.devices import pick_device
     from stylize.settings import TrainConfig
 
@@ -249,7 +249,7 @@ def main(argv=None) -> dict:
 
 
 def measure(args, res: dict, tmp: Path, device, levers, size: int, batch: int, scale: int) -> None:
-    from stylize import data
+    from stylize.train import data
     from stylize.settings import TrainConfig
 
     recipe = TrainConfig()

@@ -28,12 +28,12 @@ def main():
     record = torch.load(args.model, map_location="cpu", weights_only=True)
     state = {k: v.float() for k, v in record["state_dict"].items()}
     if record["kind"] == "adain":
-        from stylize.adain import AdaINConfig, AdaINNet
-        from stylize.losses import mean_std
+        from stylize.models.adain import AdaINConfig, AdaINNet
+        from stylize.features.losses import mean_std
 
         net = AdaINNet(AdaINConfig(**record["net"]))
     else:
-        from stylize.networks import NetConfig, TransformerNet
+        from stylize.models.networks import NetConfig, TransformerNet
 
         net = TransformerNet(NetConfig(**record["net"]))
     net.load_state_dict(state)

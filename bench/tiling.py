@@ -33,11 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import example_photo, psnr, random_model  # noqa: E402
-from stylize import modelfile, tiling  # noqa: E402
+from stylize.models import modelfile
+from stylize.apply.engines import tiling  # noqa: E402
 from stylize.errors import StylizeError  # noqa: E402
 from stylize.images import load_image, save_image  # noqa: E402
-from stylize.inference import Stylizer  # noqa: E402
-from stylize.norms import Condition  # noqa: E402
+from stylize.apply.engines.pytorch import Stylizer  # noqa: E402
+from stylize.models.norms import Condition  # noqa: E402
 from stylize.settings import ApplyConfig  # noqa: E402
 
 

@@ -9,13 +9,13 @@ plain: the loop of pytorch/examples' fast_neural_style, re-implemented here: a t
   unless --plain-workers), fp32 eager NCHW, torchvision's VGG-16 `features` cut into four slices
   ending at relu4_3, Adam, MSE content loss at relu2_2 and MSE Gram style loss at the four slice ends
   with that script's weights (1e5, 1e10), and the loss values read back every step as it does.
-stylize: stylize.training.train(), as `stylize train` runs it, with the device's speed levers
-  (stylize/speed.py: on CUDA bf16, channels_last loss network, cudnn benchmark, fused Adam, photos
+stylize: stylize.train.training.train(), as `stylize train` runs it, with the device's speed levers
+  (stylize/train/speed.py: on CUDA bf16, channels_last loss network, cudnn benchmark, fused Adam, photos
   decoded once and cropped on the GPU; none on CPU). --levers picks others; each gives a stylize row.
 
-Both paths train the same TransformerNet (stylize.networks; --norm, --width; without the strength
+Both paths train the same TransformerNet (stylize.models.networks; --norm, --width; without the strength
 conditioning unless --strength) on the same JPEG files at the same crop size and batch, with the same
-VGG-16 weights: torchvision's ImageNet weights if they are cached, else stylize.vgg's random VGG-16
+VGG-16 weights: torchvision's ImageNet weights if they are cached, else stylize.features.vgg's random VGG-16
 features saved to a file both load (no download; the table says which). stylize's loss adds a TV term
 (and, with --strength, the pixel term) to the plain loop's two. Each path runs in its own process, so
 its memory peak and its process-wide switches (cudnn.benchmark) are its own.
@@ -97,7 +97,7 @@ def loss_net_weights(choice: str, folder: Path) -> tuple[str | None, str]:
     """-> (VGG-16 state-dict file both paths load, or None for torchvision's cached ImageNet file; words)."""
     import torch
 
-    from stylize import vgg
+    from stylize.features import vgg
 
     cached = Path(torch.hub.get_dir()) / "checkpoints" / "vgg16-397923af.pth"
     if choice == "imagenet" or (choice == "auto" and cached.is_file()):
@@ -107,7 +107,7 @@ def loss_net_weights(choice: str, folder: Path) -> tuple[str | None, str]:
     features, _ = vgg.random_features("vgg16")
     path = folder / "vgg16_random.pth"
     torch.save(features.state_dict(), path)
-    return str(path), "random VGG-16 features (stylize.vgg, seed 0; ImageNet weights not cached)"
+    return str(path), "random VGG-16 features (stylize.features.vgg, seed 0; ImageNet weights not cached)"
 
 
 # ---------------------------------------------------------------------------------- measurement
@@ -155,7 +155,7 @@ def run_plain(spec: dict) -> dict:
     from torchvision import datasets, models, transforms
 
     from stylize.devices import pick_device
-    from stylize.networks import NetConfig, TransformerNet
+    from stylize.models.networks import NetConfig, TransformerNet
 
     device = pick_device(spec["device"])
     np.random.seed(spec["seed"])
@@ -239,13 +239,13 @@ class _Done(Exception):
 
 
 def run_stylize(spec: dict) -> dict:
-    """stylize.training.train(), stopped from its progress callback once measured."""
+    """stylize.train.training.train(), stopped from its progress callback once measured."""
     import torch
 
-    from stylize import speed
+    from stylize.train import speed
     from stylize.devices import pick_device
     from stylize.settings import TrainConfig
-    from stylize.training import train
+    from stylize.train.training import train
 
     device = pick_device(spec["device"])
     levers = speed.parse_levers(spec["levers"], device)
@@ -399,7 +399,7 @@ def main(argv=None) -> list[dict]:
 
     from stylize.devices import pick_device
     from stylize.errors import StylizeError
-    from stylize import speed
+    from stylize.train import speed
 
     try:
         device = pick_device(args.device)

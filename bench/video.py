@@ -1,5 +1,5 @@
 """Flicker and paint of stylized video: each frame on its own (--smooth 0), the still-pixel damping
-stylize had before, and the steadiness it has now (stylize/video.py), on the same frames in one run.
+stylize had before, and the steadiness it has now (stylize/apply/video.py), on the same frames in one run.
 
 The clips are made here from one development photo, so the camera's motion is known exactly and
 flicker can be measured along it rather than estimated:
@@ -15,7 +15,7 @@ flicker can be measured along it rather than estimated:
   finer detail back after (video.steady_frame).
 
 Methods: alone (each frame stylized on its own, --smooth 0), before (the damping stylize had until
-now, StillDamping below), now (stylize.video.Steadiness); with --ablate also now without each of
+now, StillDamping below), now (stylize.apply.video.Steadiness); with --ablate also now without each of
 its parts: the grid alignment, the carried photo, the carried output.
 
 Per clip and method:
@@ -45,9 +45,9 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import SHARED  # noqa: E402
-from stylize import graphs  # noqa: E402
+from stylize.apply.engines import graphs  # noqa: E402
 from stylize.errors import StylizeError  # noqa: E402
-from stylize.video import Steadiness, network_grid, steady_frame, work_shape  # noqa: E402
+from stylize.apply.video import Steadiness, network_grid, steady_frame, work_shape  # noqa: E402
 
 PHOTOS = SHARED / "data" / "content" / "photos"
 CHANGE_BEFORE = 6.0

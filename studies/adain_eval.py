@@ -39,15 +39,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from bench.common import QUALITY  # noqa: E402
-from stylize.adain import ENCODER_TAPS, AdaINConfig, AdaINNet, adain  # noqa: E402
-from stylize.data import load_style  # noqa: E402
+from stylize.models.adain import ENCODER_TAPS, AdaINConfig, AdaINNet, adain  # noqa: E402
+from stylize.train.data import load_style  # noqa: E402
 from stylize.errors import StylizeError  # noqa: E402
 from stylize.files import atomic_write  # noqa: E402
 from stylize.images import find_images, load_image, save_image, save_pil, to_pil  # noqa: E402
-from stylize.inference import AdaINStylizer, load_stylizer  # noqa: E402
-from stylize.losses import mean_std, relative_error, style_stats  # noqa: E402
+from stylize.apply.engines.pytorch import AdaINStylizer, load_stylizer  # noqa: E402
+from stylize.features.losses import mean_std, relative_error, style_stats  # noqa: E402
 from stylize.settings import TrainConfig  # noqa: E402
-from stylize.vgg import vgg_features  # noqa: E402
+from stylize.features.vgg import vgg_features  # noqa: E402
 
 QUALITY_TOOL = str(QUALITY)
 ROWS = {"trained": "trained", "untrained": "untrained decoder", "content": "content image"}

@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from bench.common import QUALITY, load_quality, side_by_side  # noqa: E402
-from stylize import modelfile, palette  # noqa: E402
+from stylize.models import modelfile
+from stylize.apply import palette  # noqa: E402
 from stylize.images import save_image  # noqa: E402
 from stylize.images import load_image  # noqa: E402
-from stylize.inference import ArbitraryStylizer, Stylizer  # noqa: E402
+from stylize.apply.engines.pytorch import ArbitraryStylizer, Stylizer  # noqa: E402
 
 
 def painting_colours(record: dict, paintings: list[Path]) -> list:
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
     ap.add_argument("--set", nargs=2, type=float, metavar=("FULL_STRENGTH", "PALETTE"))
     ap.add_argument("--write", type=Path, help="with --set: the calibrated copy of --model")
     ap.add_argument("--work-size", type=int, default=0, help="shorter side the network works at on larger "
-                    "photos (stylize/scale.py; 0: full size); with --set, written into the file")
+                    "photos (stylize/apply/scale.py; 0: full size); with --set, written into the file")
     args = ap.parse_args(argv)
     if args.set:
         if not args.write:

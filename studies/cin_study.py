@@ -22,14 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from bench.common import psnr  # noqa: E402
-from stylize.data import load_style  # noqa: E402
+from stylize.train.data import load_style  # noqa: E402
 from stylize.images import find_images, load_image  # noqa: E402
-from stylize.inference import Stylizer  # noqa: E402
-from stylize.losses import PerceptualLoss  # noqa: E402
+from stylize.apply.engines.pytorch import Stylizer  # noqa: E402
+from stylize.features.losses import PerceptualLoss  # noqa: E402
 from stylize.settings import TrainConfig  # noqa: E402
-from stylize.sheet import contact_sheet  # noqa: E402
-from stylize.training import train  # noqa: E402
-from stylize.vgg import loss_network  # noqa: E402
+from stylize.apply.sheet import contact_sheet  # noqa: E402
+from stylize.train.training import train  # noqa: E402
+from stylize.features.vgg import loss_network  # noqa: E402
 
 
 def main():

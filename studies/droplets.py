@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import side_by_side  # noqa: E402
 
 from stylize.images import load_image, save_image  # noqa: E402
-from stylize.inference import Stylizer  # noqa: E402
+from stylize.apply.engines.pytorch import Stylizer  # noqa: E402
 
 
 def kurtosis(stylizer: Stylizer, x: torch.Tensor) -> list[float]:

@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import QUALITY, load_quality, side_by_side  # noqa: E402
 
-from stylize import efficientnet  # noqa: E402
+from stylize.features import efficientnet  # noqa: E402
 from stylize.images import load_image, save_image  # noqa: E402
-from stylize.losses import gram, relative_error, total_variation  # noqa: E402
+from stylize.features.losses import gram, relative_error, total_variation  # noqa: E402
 
 # name: (network, style layers, content layers, softmax smoothing)
 CANDIDATES = {

@@ -89,7 +89,7 @@ class RandomBank(nn.Module):
 
 
 def random_vgg(seed=0, pool="max"):
-    from stylize import vgg
+    from stylize.features import vgg
 
     features, desc = vgg.random_features("vgg19", seed)
     if pool == "avg":
@@ -98,7 +98,7 @@ def random_vgg(seed=0, pool="max"):
 
 
 def vgg_taps(built, taps):
-    from stylize.vgg import VGGFeatures
+    from stylize.features.vgg import VGGFeatures
 
     features, desc = built
     return VGGFeatures(features, taps, desc)
@@ -190,10 +190,10 @@ def stats(f, kind):
 
 class SlicedTarget:
     """A style layer's feature distribution for the sliced loss, with the directions chosen as in
-    stylize.losses (pool) or as the alternatives measured against it (fixed, fresh)."""
+    stylize.features.losses (pool) or as the alternatives measured against it (fixed, fresh)."""
 
     def __init__(self, t, resample="pool", seed=0):
-        from stylize.losses import SLICED_POOL, quantiles, sliced_directions, sorted_projections
+        from stylize.features.losses import SLICED_POOL, quantiles, sliced_directions, sorted_projections
 
         c = t.shape[1]
         self.t, self.resample = t, resample
@@ -201,7 +201,7 @@ class SlicedTarget:
         self.q = quantiles(sorted_projections(t, self.dirs))
 
     def loss(self, f, g):
-        from stylize.losses import quantiles, sliced_distance, sorted_projections
+        from stylize.features.losses import quantiles, sliced_distance, sorted_projections
 
         c = f.shape[1]
         if self.resample == "fresh":  # new directions every step: the style's features are re-sorted too
@@ -214,7 +214,7 @@ class SlicedTarget:
 
 def color_term(y, style, g):
     """Sliced Wasserstein distance between the pixel colours of y and of the style."""
-    from stylize.losses import quantiles, sliced_distance, sorted_projections, sliced_directions
+    from stylize.features.losses import quantiles, sliced_distance, sorted_projections, sliced_directions
 
     d = sliced_directions(3, 3, int(torch.randint(1 << 30, (1,), generator=g)))
     return sliced_distance(sorted_projections(y, d), quantiles(sorted_projections(style, d))).sum()
@@ -263,8 +263,8 @@ class LibraryObjective:
     """The same terms computed by stylize's own PerceptualLoss, as training computes them."""
 
     def __init__(self, cand: Candidate, style: torch.Tensor, seed=0):
-        from stylize.losses import PerceptualLoss
-        from stylize.vgg import loss_network
+        from stylize.features.losses import PerceptualLoss
+        from stylize.features.vgg import loss_network
 
         net_name, style_loss = cand.library
         self.loss = PerceptualLoss(loss_network(net_name, cand.content + cand.style), cand.content, cand.style,
@@ -442,7 +442,7 @@ def _fit(job):
     cfg_kw, path = job
     torch.set_num_threads(1)
     from stylize.settings import TrainConfig
-    from stylize.training import train
+    from stylize.train.training import train
 
     info = Path(path).with_suffix(".json")
     if Path(path).exists() and info.exists():
@@ -457,7 +457,7 @@ def _fit(job):
 def run_training(nets, photos, styles, content: Path, out: Path, args, q) -> str:
     """Short feed-forward trainings (stylize train) per loss network and style, applied to held-out photos."""
     from stylize.images import save_image
-    from stylize.inference import Stylizer
+    from stylize.apply.engines.pytorch import Stylizer
 
     out.mkdir(parents=True, exist_ok=True)
     jobs = []

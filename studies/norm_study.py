@@ -38,14 +38,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from bench.common import QUALITY, ROOT, load_quality  # noqa: E402
-from stylize.data import load_style  # noqa: E402
+from stylize.train.data import load_style  # noqa: E402
 from stylize.images import load_image, save_pil, to_pil  # noqa: E402
-from stylize.inference import load_stylizer  # noqa: E402
-from stylize.losses import PerceptualLoss  # noqa: E402
+from stylize.apply.engines.pytorch import load_stylizer  # noqa: E402
+from stylize.features.losses import PerceptualLoss  # noqa: E402
 from stylize.settings import LOSS_NET_LAYERS, TrainConfig  # noqa: E402
-from stylize.sheet import tile_grid  # noqa: E402
-from stylize.training import train  # noqa: E402
-from stylize.vgg import loss_network  # noqa: E402
+from stylize.apply.sheet import tile_grid  # noqa: E402
+from stylize.train.training import train  # noqa: E402
+from stylize.features.vgg import loss_network  # noqa: E402
 
 NORMS = ["instance", "batch", "layer", "group", "none", "ibn"]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-from stylize import modelfile  # noqa: E402
-from stylize.inference import ArbitraryStylizer  # noqa: E402
+from stylize.models import modelfile  # noqa: E402
+from stylize.apply.engines.pytorch import ArbitraryStylizer  # noqa: E402
 
 
 def spreads(model: str, paintings: list[str]) -> dict[str, dict[str, float]]:

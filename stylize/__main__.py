@@ -1,3 +1,3 @@
-from .cli import main
+from stylize.cli import main
 
 main()

@@ -14,8 +14,8 @@ from typing import List, Optional
 import typer
 from typer.core import TyperCommand
 
-from .errors import StylizeError
-from .settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, LR_SCHEDULES, NETWORKS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, ServeConfig, TrainConfig
+from stylize.errors import StylizeError
+from stylize.settings import AUTO_STYLE_LOSS, DEFAULT_ADAPTIVE_MODEL, DEVICES, LOSS_NETS, LR_SCHEDULES, NETWORKS, NORMS, RUNTIMES, STYLE_LOSSES, ApplyConfig, ServeConfig, TrainConfig
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Fast neural style transfer: train style networks and apply them to photos.")
@@ -63,14 +63,14 @@ def _models(incomplete: str) -> list[str]:
     if incomplete.startswith((".", "~", os.sep)) or os.sep in incomplete:
         found = glob.glob(os.path.expanduser(incomplete) + "*")
         return sorted(f + os.sep if os.path.isdir(f) else f for f in found if os.path.isdir(f) or f.endswith(".pt"))
-    from .modelfile import find_models
+    from stylize.models.modelfile import find_models
 
     return [p.stem for p in find_models() if p.stem.startswith(incomplete)]
 
 
 def _print_version(value: bool):
     if value:
-        from . import __version__
+        from stylize import __version__
 
         typer.echo(f"stylize {__version__}")
         raise typer.Exit()
@@ -174,7 +174,7 @@ def train(
     sample_every: int = typer.Option(T.sample_every, min=0, help="Iterations between sample grids (0: only at the end)."),
     workers: int = typer.Option(T.workers, min=-1, help="Data loader processes (-1: 4 on CUDA, 0 on CPU)."),
     levers: str = typer.Option(T.levers, help="Speed levers: auto (every one but compile on CUDA, none "
-                               "elsewhere), none, all, or names such as bf16,channels_last (see stylize/speed.py)."),
+                               "elsewhere), none, all, or names such as bf16,channels_last (see stylize/train/speed.py)."),
     init: Optional[Path] = typer.Option(None, metavar="MODEL", autocompletion=_models, help="Model file (or shipped model name) to fine-tune: its network "
                                         "and weights instead of random ones, a fresh optimizer and schedule."),
     resume: Optional[Path] = typer.Option(None, help="Checkpoint to continue to its run's end, with its settings "
@@ -189,8 +189,8 @@ def train(
     _choice(device, DEVICES, "--device")
     from tqdm import tqdm
 
-    from .distributed import Shard
-    from .training import Interrupted, train as run
+    from stylize.distributed import Shard
+    from stylize.train.training import Interrupted, train as run
 
     cfg = TrainConfig(style=[str(s) for s in style or []], content=str(content) if content else None, out=str(out),
                       norm=norm, network=network, width=width, strength=strength, iterations=iterations, batch_size=batch_size,
@@ -245,7 +245,8 @@ def _graph_ahead(model: Path) -> None:
     its first `stylize apply` (graphs.py); where apply would not use ONNX Runtime, nothing."""
     import os
 
-    from . import graphs, modelfile, onnx_runtime
+    from stylize.apply.engines import graphs, onnx_runtime
+    from stylize.models import modelfile
 
     if os.environ.get("STYLIZE_RUNTIME", A.runtime) == "torch" or not onnx_runtime.installed() or \
             onnx_runtime.accelerator_present() or graphs.cache_problem():
@@ -295,9 +296,9 @@ def apply(
     if out is not None and str(out) != "-" and (out.is_dir() or not out.suffix):  # "folder/" arrives as "folder"
         raise StylizeError(f"--out {out}: {'a folder' if out.is_dir() else 'no file type'}; name one output file "
                            f"(photo.png), or use --out-dir {out} for a folder")
-    from .images import IMAGE_EXTENSIONS
-    from .mixing import check_strength, style_image
-    from .pipeline import MIN_TILE
+    from stylize.images import IMAGE_EXTENSIONS
+    from stylize.apply.mixing import check_strength, style_image
+    from stylize.apply.batch import MIN_TILE
 
     if optimize and (model is not None or mask is not None):
         raise StylizeError("--optimize paints without a model, with one --style painting: leave out "
@@ -309,7 +310,7 @@ def apply(
     check_strength(strength)
     if 0 < tile < MIN_TILE:
         raise StylizeError(f"--tile {tile}: give 0 (tiles only where they are needed) or at least {MIN_TILE} px")
-    from .video import is_video
+    from stylize.apply.video import is_video
 
     videos = [i for i in inputs if is_video(i)]
     if videos and optimize:
@@ -322,14 +323,14 @@ def apply(
         inputs, out = _pipe_files(ctx, inputs, out, to_stdout)
         piped = inputs[0] if "-" in ctx.params["inputs"] else None  # errors say "standard input", not a temp path
         quiet = quiet or to_stdout  # standard output carries the image alone
-    from .distributed import Shard
-    from .pipeline import Interrupted, apply_files, open_stylizer, plan, written
+    from stylize.distributed import Shard
+    from stylize.apply.batch import Interrupted, apply_files, open_stylizer, plan, written
 
     notice = (lambda message: None) if quiet else _notice
     pairs = plan(inputs, out, out_dir, notice)  # --out with several inputs fails here, before any work
     paths = [dst for _, dst in pairs]
     if not videos:
-        from .images import check_output_format
+        from stylize.images import check_output_format
 
         for dst in paths[:1] if out is not None else []:  # before any work, not after it
             check_output_format(dst)
@@ -347,7 +348,7 @@ def apply(
                          out_dir=str(out_dir), quality=quality, device=device, runtime=runtime, smooth=smooth,
                          optimize=optimize)
     if videos:
-        from . import video
+        from stylize.apply import video
 
         video.check(*pairs[0])
     stylizer = open_stylizer(config, notice, tile_progress, step_progress)
@@ -435,8 +436,8 @@ def _bar(total: int, unit: str, disable: bool):
 def _apply_video(stylizer, src: Path, dst: Path, config, quiet, notice) -> None:
     from tqdm import tqdm
 
-    from .pipeline import written
-    from .video import frame_count, stylize_video
+    from stylize.apply.batch import written
+    from stylize.apply.video import frame_count, stylize_video
 
     if config.skip_existing and written(dst):
         typer.echo(f"skipped {dst}: it exists (--skip-existing)")
@@ -531,9 +532,9 @@ def sheet(
         raise StylizeError(f"--strengths {strengths!r}: give numbers separated by commas")
     if not values or any(not 0 <= v <= 1 for v in values):
         raise StylizeError(f"--strengths {strengths!r}: each must be between 0 and 1")
-    from .images import load_image, save_pil
-    from .inference import load_stylizer
-    from .sheet import contact_sheet
+    from stylize.images import load_image, save_pil
+    from stylize.apply.engines.pytorch import load_stylizer
+    from stylize.apply.sheet import contact_sheet
 
     if out.exists() and out.resolve() == photo.resolve():
         raise StylizeError(f"{out}: refusing to overwrite the input photo")
@@ -546,7 +547,7 @@ def sheet(
 @clean_errors
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
     """List the models stylize can find, with their styles."""
-    from . import modelfile
+    from stylize.models import modelfile
 
     rows = []
     for path in modelfile.find_models():
@@ -589,7 +590,7 @@ def serve(
 
     if not all(find_spec(m) for m in ("starlette", "uvicorn", "multipart")):  # multipart: Starlette's forms
         raise StylizeError("stylize serve needs Starlette and uvicorn: pip install 'stylize[serve]'")
-    from .server import Studio, default_models, listen, make_server, run, url
+    from stylize.serve.server import Studio, default_models, listen, make_server, run, url
 
     sock = listen(host, port)  # before saying the address: a taken port is one line
     try:
@@ -614,7 +615,7 @@ def serve(
 def info(model: str = typer.Argument(..., help="Model name or file.", autocompletion=_models),
          as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")):
     """Print what a model file says about itself."""
-    from . import modelfile
+    from stylize.models import modelfile
 
     rec = modelfile.read_record(model)  # torch-free
     d = modelfile.describe(rec)
@@ -639,8 +640,8 @@ def export(model: str = typer.Argument(..., help="Model name or file.", autocomp
     """Write a model for other runtimes, with any input size; its largest difference from the PyTorch
     output is checked before success is reported. Inputs and outputs are described in the graph."""
     _choice(format, ("onnx",), "--format")
-    from .export import export_onnx
-    from .modelfile import resolve
+    from stylize.apply.engines.export import export_onnx
+    from stylize.models.modelfile import resolve
 
     path = out or Path(resolve(model).stem + ".onnx")
     if path.exists() and path.resolve() == resolve(model).resolve():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import StylizeError
+from stylize.errors import StylizeError
 
 
 def pick_device(name: str) -> torch.device:

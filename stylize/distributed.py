@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterator
 
-from .errors import StylizeError
+from stylize.errors import StylizeError
 
 if TYPE_CHECKING:
     import torch

@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize import modelfile, vgg
-from stylize.networks import NetConfig, TransformerNet
+from stylize.models import modelfile
+from stylize.features import vgg
+from stylize.models.networks import NetConfig, TransformerNet
 from stylize.settings import TrainConfig
 
 # Tiny tensors: OpenMP start-up and spinning costs far more than the arithmetic on small CPU boxes
@@ -44,9 +45,9 @@ def random_cin_record(styles: list[str], width: int = 4) -> dict:
     per-style norm parameters are far apart (as after training)."""
     import torch
 
-    from stylize.networks import NetConfig, TransformerNet
+    from stylize.models.networks import NetConfig, TransformerNet
     from stylize.settings import TrainConfig
-    from stylize.training import model_record
+    from stylize.train.training import model_record
 
     torch.manual_seed(0)
     net = TransformerNet(NetConfig("conditional", len(styles), True, width)).eval()
@@ -170,7 +171,7 @@ def style_path2(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, photos_dir, style_path):
     """One tiny single-style model with strength, trained once for the whole session (30 iterations)."""
-    from stylize.training import train
+    from stylize.train.training import train
 
     tmp = tmp_path_factory.mktemp("trained")
     cfg = tiny_config(tmp, photos_dir, [style_path], iterations=30, sample_every=10, checkpoint_every=15)
@@ -202,7 +203,7 @@ def photo(tmp_path) -> Path:
 @pytest.fixture
 def make_model(tmp_path):
     """Write an untrained model file (random weights, random per-style affine parameters)."""
-    from stylize.training import model_record
+    from stylize.train.training import model_record
 
     def make(norm="instance", num_styles=1, strength=True, width=4, name="model", styles=None, seed=0,
              network="johnson", output="blend"):

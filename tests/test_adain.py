@@ -9,17 +9,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import make_photo, make_style, tiny_config
-from stylize.adain import AdaINConfig, AdaINNet, adain
+from stylize.models.adain import AdaINConfig, AdaINNet, adain
 from stylize.cli import app
-from stylize.color import keep_luminance, match_colors, to_ycbcr
+from stylize.apply.color import keep_luminance, match_colors, to_ycbcr
 from stylize.errors import StylizeError
-from stylize.inference import AdaINStylizer, load_stylizer
-from stylize.losses import mean_std
+from stylize.apply.engines.pytorch import AdaINStylizer, load_stylizer
+from stylize.features.losses import mean_std
 
 
 @pytest.fixture(scope="module")
 def adain_model(tmp_path_factory, photos_dir, style_path, style_path2):
-    from stylize.training import train
+    from stylize.train.training import train
 
     tmp = tmp_path_factory.mktemp("adain")
     cfg = tiny_config(tmp, photos_dir, [style_path, style_path2], norm="adaptive", network="adain", width=4, iterations=3,
@@ -47,7 +47,7 @@ def test_adain_gives_the_target_mean_and_std_per_channel():
 
 def random_adain(width=4) -> AdaINNet:
     """An untrained AdaIN network with the well-scaled random VGG-19 encoder stylize uses offline."""
-    from stylize.vgg import random_features
+    from stylize.features.vgg import random_features
 
     torch.manual_seed(0)
     net = AdaINNet(AdaINConfig(width=width)).eval()
@@ -173,7 +173,7 @@ def test_style_weight_is_checked(adain_model):
 
 def test_adaptive_training_with_the_efficientnet_loss_says_what_to_do(tmp_path, photos_dir, style_path):
     from stylize.errors import StylizeError
-    from stylize.training import train
+    from stylize.train.training import train
 
     cfg = tiny_config(tmp_path, photos_dir, [style_path], norm="adaptive", network="adain", width=4, iterations=1,
                       loss_net="efficientnet-lite0")

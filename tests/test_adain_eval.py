@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import load_script, tiny_config
-from stylize import modelfile, training
-from stylize.training import run_dir, train
+from stylize.models import modelfile
+from stylize.train import training
+from stylize.train.training import run_dir, train
 
 
 

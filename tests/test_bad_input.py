@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize import files, pipeline
+from stylize import files
+from stylize.apply import batch as pipeline
 from stylize.settings import ApplyConfig
 
 from typer.testing import CliRunner
@@ -137,7 +138,7 @@ def test_a_model_trained_into_nan_is_not_written(tmp_path, photos_dir, style_pat
     would give black pictures with exit 0."""
     from conftest import tiny_config
     from stylize.errors import StylizeError
-    from stylize.training import train
+    from stylize.train.training import train
 
     cfg = tiny_config(tmp_path, photos_dir, [style_path], iterations=3, lr=1e30)
     with pytest.raises(StylizeError, match="not written"):
@@ -216,7 +217,7 @@ def test_a_second_batch_into_the_same_folder_waits_and_deletes_nothing_of_the_fi
         make_photo(i).save(photos / f"p{i}.png")
     out = tmp_path / "out"
     model = make_model()
-    from stylize.inference import load_stylizer
+    from stylize.apply.engines.pytorch import load_stylizer
 
     first_started, release, notices = threading.Event(), threading.Event(), []
     cfg = ApplyConfig(out_dir=str(out), skip_existing=True)
@@ -271,7 +272,7 @@ def test_a_run_resumed_from_another_folder_writes_its_model_beside_its_run(tmp_p
                                                                           monkeypatch):
     """Issue 34: `train --resume other/model_run/checkpoint.pt` wrote the model into the current folder."""
     from conftest import tiny_config
-    from stylize.training import train
+    from stylize.train.training import train
 
     (tmp_path / "first").mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -295,7 +296,7 @@ def test_a_run_resumed_from_another_folder_writes_its_model_beside_its_run(tmp_p
 def test_out_mistakes_are_refused_before_any_work(tmp_path, model, photo, monkeypatch, out, extra, fragment):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "existing").mkdir()
-    import stylize.pipeline as p
+    import stylize.apply.batch as p
 
     monkeypatch.setattr(p, "open_stylizer", lambda *a, **k: pytest.fail("work started"))
     assert_clean_failure(invoke("apply", photo, "--model", model, "--out", out, *extra), fragment)

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylize import inference, pipeline
+from stylize.apply.engines import pytorch as inference
+from stylize.apply import batch as pipeline
 from stylize.cli import _kill_as_interrupt, app
-from stylize.inference import Interrupted, Stylizer, apply_files, output_paths
+from stylize.apply.engines.pytorch import Interrupted, Stylizer, apply_files, output_paths
 from stylize.settings import ApplyConfig
 
 from conftest import make_photo

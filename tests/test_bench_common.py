@@ -48,7 +48,7 @@ def test_psnr(common):
 
 
 def test_random_model_applies_like_a_trained_one(common, tmp_path):
-    from stylize.inference import load_stylizer
+    from stylize.apply.engines.pytorch import load_stylizer
 
     for norm, styles in (("instance", ("random",)), ("conditional", ("a", "b", "c"))):
         path = common.random_model(tmp_path / f"{norm}.pt", norm, styles, width=8)

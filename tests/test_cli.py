@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylize import modelfile
+from stylize.models import modelfile
 from stylize.cli import app
 from stylize.settings import LOSS_NET_LAYERS
 

@@ -11,9 +11,11 @@ import pytest
 from PIL import Image, ImageCms
 from typer.testing import CliRunner
 
-from stylize import graphs, modelfile, onnx_runtime, pipeline
+from stylize.apply.engines import graphs, onnx_runtime
+from stylize.models import modelfile
+from stylize.apply import batch as pipeline
 from stylize.cli import app
-from stylize.training import run_dir
+from stylize.train.training import run_dir
 
 from conftest import make_photo, tiny_config
 from test_cli import assert_clean_failure, files_under, invoke
@@ -78,7 +80,7 @@ def test_train_content_that_does_not_exist(tmp_path, style_path):
 
 def test_export_to_an_unwritable_place_fails_before_exporting(tmp_path, model, monkeypatch):
     (tmp_path / "file").write_text("a file, not a folder")
-    monkeypatch.setattr("stylize.export.export_onnx", lambda *a, **k: pytest.fail("exported anyway"))
+    monkeypatch.setattr("stylize.apply.engines.export.export_onnx", lambda *a, **k: pytest.fail("exported anyway"))
     assert_clean_failure(invoke("export", model, "--out", tmp_path / "file" / "m.onnx"), "is a file")
 
 
@@ -128,7 +130,7 @@ def test_the_cache_keeps_the_most_recent_graphs_within_its_size(tmp_path):
 @pytest.fixture
 def interrupted_run(tmp_path, photos_dir, style_path):
     """A run of 6 iterations whose checkpoint is at 3, as Ctrl-C leaves it."""
-    from stylize.training import train
+    from stylize.train.training import train
 
     cfg = tiny_config(tmp_path, photos_dir, [style_path], iterations=3, checkpoint_every=0)
     train(cfg)
@@ -162,7 +164,7 @@ def test_resume_from_a_model_names_its_own_run_folder(trained):
 
 
 def test_a_killed_training_exits_143_and_says_how_to_continue(tmp_path, photos_dir, style_path, monkeypatch):
-    from stylize import training
+    from stylize.train import training
 
     real = training.save_samples
 
@@ -252,7 +254,7 @@ def test_style_weight_on_a_full_strength_model_fails_before_exporting(tmp_path, 
 def test_a_killed_batch_exits_143(tmp_path, model, monkeypatch):
     for i in range(3):
         make_photo(i).save(tmp_path / f"p{i}.png")
-    from stylize.inference import Stylizer
+    from stylize.apply.engines.pytorch import Stylizer
 
     real = Stylizer.run
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylize import data, modelfile
+from stylize.train import data
+from stylize.models import modelfile
 from stylize.errors import StylizeError
-from stylize.data import CachedCrops, CropDataset, PhotoCache, batches, content_files, cut_crops, slice_crops
-from stylize.training import run_dir, train
+from stylize.train.data import CachedCrops, CropDataset, PhotoCache, batches, content_files, cut_crops, slice_crops
+from stylize.train.training import run_dir, train
 
 from conftest import make_photo, tiny_config
 
@@ -136,7 +137,7 @@ def test_loader_choice(content, monkeypatch):
 
 
 def test_the_step_reads_its_losses_back_as_float_does():
-    from stylize import speed
+    from stylize.train import speed
 
     terms = {"a": torch.tensor(1 / 3), "b": torch.tensor(2 / 3, dtype=torch.bfloat16),
              "c": torch.tensor(0.1, dtype=torch.float16), "total": torch.tensor(7.0, requires_grad=True) * 1.1}

@@ -16,14 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize import modelfile, vgg
-from stylize.data import CropDataset, batches, content_files
+from stylize.models import modelfile
+from stylize.features import vgg
+from stylize.train.data import CropDataset, batches, content_files
 from stylize.distributed import Shard
 from stylize.errors import StylizeError
-from stylize.inference import expand_inputs, output_paths
-from stylize.networks import NetConfig, TransformerNet
+from stylize.apply.engines.pytorch import expand_inputs, output_paths
+from stylize.models.networks import NetConfig, TransformerNet
 from stylize.settings import TrainConfig
-from stylize.training import TransformerRecipe, run_dir, train
+from stylize.train.training import TransformerRecipe, run_dir, train
 
 from conftest import cached_random_features, make_photo, tiny_config
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stylize import efficientnet, vgg
+from stylize.features import efficientnet, vgg
 from stylize.errors import StylizeError
 from stylize.images import load_image
 

@@ -145,7 +145,7 @@ def test_pillow_settings_of_the_importing_program_are_kept(tmp_path):
     code = (
         "import warnings, numpy, torch; from PIL import Image; Image.MAX_IMAGE_PIXELS = 100; "  # their own filters
         "before = list(warnings.filters); "
-        "import stylize.cli, stylize.pipeline, stylize.images as im; "
+        "import stylize.cli, stylize.apply.batch, stylize.images as im; "
         f"x, _ = im.load_image({str(tmp_path / 'p.png')!r}); assert x.shape == (3, 40, 48), x.shape; "
         "assert Image.MAX_IMAGE_PIXELS == 100, Image.MAX_IMAGE_PIXELS; "
         "assert warnings.filters == before, 'warning filters changed'"
@@ -340,7 +340,7 @@ def test_metadata_of_a_png_decodes_no_pixels(tmp_path, monkeypatch):
 
 
 def test_work_size_resizing_and_restoring_go_in_bands_exactly(monkeypatch):
-    from stylize import scale
+    from stylize.apply import scale
 
     def two_passes(a, shape):  # Pillow's bicubic, its horizontal pass then its vertical one, whole
         im = Image.fromarray(np.ascontiguousarray(a.transpose(1, 2, 0)))
@@ -369,7 +369,7 @@ def test_a_photo_is_freed_before_its_output_is_written(tmp_path, monkeypatch):
     alone (the reader's future used to keep the photo until the next one)."""
     import weakref
 
-    from stylize import pipeline
+    from stylize.apply import batch as pipeline
     from stylize.settings import ApplyConfig
 
     photos = {}
@@ -405,7 +405,7 @@ def test_photos_too_big_to_read_side_by_side_are_read_alone(tmp_path, monkeypatc
     import threading
     import time
 
-    from stylize import pipeline
+    from stylize.apply import batch as pipeline
     from stylize.settings import ApplyConfig
 
     lock, reading, most = threading.Lock(), [0], [0]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from stylize.losses import (SLICED_POOL, PerceptualLoss, gram, mean_std, quantiles, relative_error, sliced_directions,
+from stylize.features.losses import (SLICED_POOL, PerceptualLoss, gram, mean_std, quantiles, relative_error, sliced_directions,
                             sliced_distance, sorted_projections, style_stats, total_variation)
-from stylize.vgg import VGGFeatures
+from stylize.features.vgg import VGGFeatures
 
 
 def test_gram_matches_explicit_loops():

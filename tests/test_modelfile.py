@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from stylize import modelfile
+from stylize.models import modelfile
 from stylize.errors import StylizeError
-from stylize.inference import Stylizer
+from stylize.apply.engines.pytorch import Stylizer
 
 
 class Payload:

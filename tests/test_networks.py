@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from stylize.errors import StylizeError
-from stylize.inference import Stylizer
-from stylize.networks import NetConfig, TransformerNet
-from stylize.norms import Condition, ConditionalAffine
+from stylize.apply.engines.pytorch import Stylizer
+from stylize.models.networks import NetConfig, TransformerNet
+from stylize.models.norms import Condition, ConditionalAffine
 from stylize.settings import TRANSFORMER_NETWORKS as NETWORKS, TRANSFORMER_NORMS as NORMS  # settings.NORMS/NETWORKS also name AdaIN's
 
 
@@ -216,7 +216,7 @@ def test_unknown_network_is_refused():
 
 
 def test_every_network_name_has_an_architecture():
-    from stylize.networks import ARCHITECTURES
+    from stylize.models.networks import ARCHITECTURES
 
     assert tuple(ARCHITECTURES) == NETWORKS
 

@@ -13,13 +13,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import make_photo, random_cin_record
-from stylize import graphs, modelfile, onnx_runtime
+from stylize.apply.engines import graphs, onnx_runtime
+from stylize.models import modelfile
 from stylize.cli import app
 from stylize.errors import StylizeError
-from stylize.export import export_onnx
-from stylize.inference import Stylizer
+from stylize.apply.engines.export import export_onnx
+from stylize.apply.engines.pytorch import Stylizer
 from stylize.settings import TrainConfig
-from stylize.training import model_record
+from stylize.train.training import model_record
 
 pytestmark = pytest.mark.slow  # every test here takes seconds (processes, ONNX exports): CI runs them
 
@@ -117,8 +118,8 @@ def test_export_command_reports_the_difference_and_refuses_unknown_formats(cin, 
 
 
 def test_adaptive_models_export_too(tmp_path):
-    from stylize.adain import AdaINConfig, AdaINNet
-    from stylize.vgg import random_features
+    from stylize.models.adain import AdaINConfig, AdaINNet
+    from stylize.features.vgg import random_features
 
     torch.manual_seed(0)
     net = AdaINNet(AdaINConfig(encoder="random vgg19", width=4)).eval()
@@ -135,7 +136,8 @@ def test_a_calibrated_model_applies_alike_in_pytorch_and_both_onnx_graphs(cin, t
     """A model file whose "apply" says full_strength 0.8 and palette 0.5 with each style's colours:
     --style-weight s runs the network at 0.8 s, then moves the output 0.5 s of the way to the styles'
     palette; PyTorch, the general graph and the default graph (with 0.8 built in) agree."""
-    from stylize import modelfile, palette
+    from stylize.models import modelfile
+    from stylize.apply import palette
 
     rng = np.random.default_rng(0)
     colours = [(rng.uniform(0.2, 0.8, 3), np.diag(rng.uniform(0.01, 0.05, 3))) for _ in range(3)]

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import make_photo, make_style
-from stylize import optimize
-from stylize.optimize import Optimizer
+from stylize.apply.engines import optimize
+from stylize.apply.engines.optimize import Optimizer
 from test_cli import assert_clean_failure, invoke
 
 

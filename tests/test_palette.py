@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stylize import palette
+from stylize.apply import palette
 
 
 def image(seed: int, h: int = 300, w: int = 40, tint=(0.0, 0.0, 0.0)) -> np.ndarray:

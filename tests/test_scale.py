@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import make_photo, random_cin_record
-from stylize import modelfile, scale
-from stylize.inference import Stylizer
+from stylize.models import modelfile
+from stylize.apply import scale
+from stylize.apply.engines.pytorch import Stylizer
 
 
 def photo(seed: int, w: int, h: int) -> np.ndarray:
@@ -63,8 +64,8 @@ def test_a_model_with_a_work_size_stylizes_at_it(model, tmp_path):
 
 @pytest.mark.slow
 def test_onnx_runtime_applies_the_work_size_as_pytorch_does(model, tmp_path):
-    from stylize import onnx_runtime
-    from stylize.export import export_onnx
+    from stylize.apply.engines import onnx_runtime
+    from stylize.apply.engines.export import export_onnx
 
     path = modelfile.save({**model, "apply": {"work_size": 32, "full_strength": 0.8}}, tmp_path / "worked.pt")
     torch_path = Stylizer(path, "cpu")

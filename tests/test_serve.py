@@ -34,8 +34,8 @@ from conftest import make_photo
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
-from stylize import server as server_module  # noqa: E402
-from stylize.server import Studio, allowed_hosts, listen, make_server  # noqa: E402
+from stylize.serve import server as server_module  # noqa: E402
+from stylize.serve.server import Studio, allowed_hosts, listen, make_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -143,7 +143,7 @@ def png(image: Image.Image) -> bytes:
 
 def expected(model: Path, photo: Image.Image, strength: float) -> np.ndarray:
     """What `stylize apply` makes of the photo (the same PyTorch path, PNG on both sides)."""
-    from stylize.inference import load_stylizer
+    from stylize.apply.engines.pytorch import load_stylizer
 
     s = load_stylizer(model)
     x = s.wrap(np.asarray(photo.convert("RGB")).transpose(2, 0, 1).copy())

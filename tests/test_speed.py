@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylize import modelfile, speed
+from stylize.models import modelfile
+from stylize.train import speed
 from stylize.errors import StylizeError
-from stylize.losses import PerceptualLoss, gram
-from stylize.training import run_dir, train
-from stylize.vgg import loss_network
+from stylize.features.losses import PerceptualLoss, gram
+from stylize.train.training import run_dir, train
+from stylize.features.vgg import loss_network
 
 from conftest import tiny_config
 

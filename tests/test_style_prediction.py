@@ -11,13 +11,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import make_photo, make_style, tiny_config
-from stylize import modelfile
+from stylize.models import modelfile
 from stylize.cli import app
 from stylize.errors import StylizeError
-from stylize.inference import ArbitraryStylizer, load_stylizer
-from stylize.networks import NetConfig, TransformerNet
-from stylize.norms import Condition
-from stylize.style_prediction import MULTIPLE, augment, bake, crop_to_multiple
+from stylize.apply.engines.pytorch import ArbitraryStylizer, load_stylizer
+from stylize.models.networks import NetConfig, TransformerNet
+from stylize.models.norms import Condition
+from stylize.models.style_prediction import MULTIPLE, augment, bake, crop_to_multiple
 
 
 def random_arbitrary(style_dim: int = 6, width: int = 8) -> TransformerNet:
@@ -71,7 +71,7 @@ def arbitrary_config(tmp, photos_dir, paintings, **kw):
 
 @pytest.fixture(scope="module")
 def arbitrary_model(tmp_path_factory, photos_dir, paintings):
-    from stylize.training import train
+    from stylize.train.training import train
 
     tmp = tmp_path_factory.mktemp("arbitrary")
     return train(arbitrary_config(tmp, photos_dir, paintings, iterations=4))
@@ -89,7 +89,7 @@ def test_training_writes_a_self_describing_arbitrary_model(arbitrary_model):
 
 @pytest.mark.slow
 def test_an_arbitrary_run_resumes_exactly(tmp_path, photos_dir, paintings):
-    from stylize.training import run_dir, train
+    from stylize.train.training import run_dir, train
 
     straight = train(arbitrary_config(tmp_path / "a", photos_dir, paintings, iterations=4))
     cfg = arbitrary_config(tmp_path / "b", photos_dir, paintings, iterations=2)
@@ -108,7 +108,7 @@ def test_an_arbitrary_run_goes_on_with_more_paintings_and_another_predictor_rate
     the old one: a bug once, the flag then did nothing)."""
     import shutil
 
-    from stylize.training import run_dir, train
+    from stylize.train.training import run_dir, train
 
     cfg = arbitrary_config(tmp_path / "a", photos_dir, paintings, iterations=2, checkpoint_every=1, sample_every=0)
     train(cfg)
@@ -131,7 +131,7 @@ def test_an_arbitrary_run_goes_on_with_more_paintings_and_another_predictor_rate
 def test_painting_views_skip_cudnn_autotuning(tmp_path, photos_dir, paintings, monkeypatch):
     """A painting's random view has a new shape every step: timing cuDNN's algorithms again for each
     would cost more than it saves (speed.fixed_algorithms). The run's own setting stays for the rest."""
-    from stylize.training import PredictionRecipe
+    from stylize.train.training import PredictionRecipe
 
     recipe = PredictionRecipe(arbitrary_config(tmp_path, photos_dir, paintings), torch.device("cpu"), 0)
     seen = []
@@ -144,7 +144,7 @@ def test_painting_views_skip_cudnn_autotuning(tmp_path, photos_dir, paintings, m
 def test_init_starts_from_a_model_and_builds_its_network(arbitrary_model, tmp_path, photos_dir, paintings):
     """--init (fine-tuning): the run starts from the file's weights (at lr 0 they stay), with the network
     that file holds whatever the flags say, and records where it started; without it, random weights."""
-    from stylize.training import train
+    from stylize.train.training import train
 
     base = modelfile.load(arbitrary_model)
 
@@ -163,7 +163,7 @@ def test_init_starts_from_a_model_and_builds_its_network(arbitrary_model, tmp_pa
 
 
 def test_init_refuses_a_model_of_other_styles(tmp_path, photos_dir, paintings):
-    from stylize.training import train
+    from stylize.train.training import train
 
     two = train(tiny_config(tmp_path / "a", photos_dir, [paintings / "p0.png", paintings / "p1.png"],
                             norm="conditional", iterations=1))
@@ -174,7 +174,7 @@ def test_init_refuses_a_model_of_other_styles(tmp_path, photos_dir, paintings):
 
 
 def test_a_fixed_style_run_keeps_its_styles_on_resume(tmp_path, photos_dir, paintings):
-    from stylize.training import run_dir, train
+    from stylize.train.training import run_dir, train
 
     cfg = tiny_config(tmp_path, photos_dir, [paintings / "p0.png"], iterations=2)
     train(cfg)
@@ -242,7 +242,7 @@ def test_cli_any_painting_and_clear_errors(arbitrary_model, paintings, tmp_path)
 
 
 def test_network_adain_is_only_for_adaptive(tmp_path, photos_dir, style_path):
-    from stylize.training import train
+    from stylize.train.training import train
 
     with pytest.raises(StylizeError, match="--network adain"):
         train(tiny_config(tmp_path, photos_dir, [style_path], network="adain"))
@@ -253,9 +253,9 @@ def test_efficientnet_model_exports_to_onnx_and_matches_pytorch(tmp_path, photos
     """The painting's features, embedding and network in one graph; the export checks itself against
     PyTorch (export.py), and a photo through ONNX Runtime matches the PyTorch path within a level."""
     pytest.importorskip("onnxruntime")
-    from stylize.export import export_onnx
-    from stylize.onnx_runtime import OnnxStylizer
-    from stylize.training import train
+    from stylize.apply.engines.export import export_onnx
+    from stylize.apply.engines.onnx_runtime import OnnxStylizer
+    from stylize.train.training import train
 
     cfg = arbitrary_config(tmp_path, photos_dir, paintings, iterations=2, loss_net="efficientnet-lite0",
                            content_layers=["block1_expand"], style_layers=["stem", "block1_expand", "block8_expand"])
@@ -277,7 +277,7 @@ def test_efficientnet_model_exports_to_onnx_and_matches_pytorch(tmp_path, photos
 def test_a_calibrated_model_applies_its_strength_and_the_paintings_palette(arbitrary_model, paintings, tmp_path):
     """A model file whose "apply" says full_strength 0.5 and palette 1: --style-weight s runs the
     network at 0.5 s, then moves the output s of the way to the painting's palette; 0 is the photo."""
-    from stylize import palette
+    from stylize.apply import palette
 
     rec = modelfile.load(arbitrary_model)
     rec["apply"] = {"full_strength": 0.5, "palette": 1.0}

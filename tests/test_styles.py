@@ -12,9 +12,9 @@ from conftest import make_photo, tiny_config
 from stylize.cli import app
 from stylize.errors import StylizeError
 from stylize.images import load_image
-from stylize.inference import Stylizer
+from stylize.apply.engines.pytorch import Stylizer
 from stylize.settings import TrainConfig
-from stylize.sheet import contact_sheet
+from stylize.apply.sheet import contact_sheet
 
 
 def psnr(a, b):
@@ -25,7 +25,7 @@ def psnr(a, b):
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory, photos_dir, style_path, style_path2):
     """A two-style conditional model with strength, trained long enough to learn the strength range."""
-    from stylize.training import train
+    from stylize.train.training import train
 
     tmp = tmp_path_factory.mktemp("trio")
     cfg = tiny_config(tmp, photos_dir, [style_path, style_path2], iterations=120, lr=3e-3,

@@ -13,11 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from stylize import tiling
+from stylize.apply.engines import tiling
 from stylize.cli import app
-from stylize.inference import Stylizer
-from stylize.networks import NetConfig, TransformerNet
-from stylize.norms import Condition, InstanceStat
+from stylize.apply.engines.pytorch import Stylizer
+from stylize.models.networks import NetConfig, TransformerNet
+from stylize.models.norms import Condition, InstanceStat
 
 from conftest import make_photo
 
@@ -82,7 +82,7 @@ def test_walker_is_the_network(norm):
 def test_a_layer_added_to_the_network_is_one_tiling_steps_through():
     # the walker has no copy of the forward pass: a new unit changes the network's output and the
     # walker's alike
-    from stylize.networks import ConvNorm, ResidualBlock
+    from stylize.models.networks import ConvNorm, ResidualBlock
 
     torch.manual_seed(0)
     net = TransformerNet(NetConfig("instance", 1, True, 8)).eval()

@@ -12,12 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from stylize import modelfile, vgg
-from stylize.data import CropDataset, content_files
+from stylize.models import modelfile
+from stylize.features import vgg
+from stylize.train.data import CropDataset, content_files
 from stylize.errors import StylizeError
-from stylize.inference import Stylizer
-from stylize.networks import NetConfig, TransformerNet
-from stylize.training import Interrupted, run_dir, train
+from stylize.apply.engines.pytorch import Stylizer
+from stylize.models.networks import NetConfig, TransformerNet
+from stylize.train.training import Interrupted, run_dir, train
 
 from conftest import cached_random_features, make_style, tiny_config
 
@@ -272,7 +273,7 @@ def test_training_crops_are_reproducible(photos_dir):
 
 
 def test_content_size_crops_details_at_that_scale(photos_dir):
-    from stylize.data import fit_shorter_side
+    from stylize.train.data import fit_shorter_side
     from stylize.images import load_image
 
     files = content_files(photos_dir)
@@ -289,7 +290,7 @@ def test_content_size_crops_details_at_that_scale(photos_dir):
 
 def test_learning_rate_schedules():
     from stylize.settings import TrainConfig
-    from stylize.training import learning_rate
+    from stylize.train.training import learning_rate
 
     cosine = TrainConfig(lr=1e-3, iterations=100)
     rates = [learning_rate(cosine, i) for i in range(101)]
@@ -303,7 +304,7 @@ def test_learning_rate_schedules():
 # ---------------------------------------------------------------- jitter (issue 29)
 
 def test_translate_moves_the_picture_and_keeps_its_size():
-    from stylize.losses import translate
+    from stylize.features.losses import translate
 
     t = torch.rand(1, 3, 12, 10)
     moved = translate(t, 2, -3, 4)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from stylize import vgg
+from stylize.features import vgg
 from stylize.errors import StylizeError
 
 from conftest import cached_random_features

@@ -1,4 +1,4 @@
-"""Video (stylize/video.py): frames, timing, sound and orientation kept; flicker damped where the
+"""Video (stylize/apply/video.py): frames, timing, sound and orientation kept; flicker damped where the
 picture is still and nowhere else; bad input refused in one line; nothing left half-written."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stylize import video
-from stylize.inference import load_stylizer
+from stylize.apply import video
+from stylize.apply.engines.pytorch import load_stylizer
 from stylize.settings import ApplyConfig
 
 from test_cli import assert_clean_failure, files_under, invoke
@@ -167,8 +167,8 @@ def test_a_killed_run_leaves_no_part_file_after_the_next_run(tmp_path, model):
     src = make_clip(tmp_path / "clip.mp4")
     dst = tmp_path / "out.mp4"
     script = ("import os, signal, sys\n"
-              "from stylize import video\n"
-              "from stylize.inference import load_stylizer\n"
+              "from stylize.apply import video\n"
+              "from stylize.apply.engines.pytorch import load_stylizer\n"
               "from stylize.settings import ApplyConfig\n"
               "def stop(n):\n"
               "    if n == 3:\n"

@@ -27,7 +27,7 @@ def test_the_built_wheel_applies_the_default_model(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("stylize-*.whl")
     run("-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel))
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "STYLIZE_RUNTIME": "torch"}
-    where = run("-c", "import stylize.modelfile as m; print(m.__file__); print(m.SHIPPED_DIR)", env=env,
+    where = run("-c", "import stylize.models.modelfile as m; print(m.__file__); print(m.SHIPPED_DIR)", env=env,
                 cwd=tmp_path).split()
     assert all(Path(p).is_relative_to(tmp_path / "site") for p in where), where  # not the checkout
     make_photo(0, 64, 48).save(tmp_path / "photo.jpg")

@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from stylize import modelfile
+from stylize.models import modelfile
 from stylize.images import load_image, save_pil, to_pil
-from stylize.inference import load_stylizer
+from stylize.apply.engines.pytorch import load_stylizer
 from stylize.settings import DEFAULT_ADAPTIVE_MODEL, DEFAULT_MODEL
-from stylize.sheet import tile_grid
+from stylize.apply.sheet import tile_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ["chelsea.jpg", "coffee.jpg", "rocket.jpg"]
@@ -114,7 +114,7 @@ def examples_sheet(photos, paintings: list[Path]) -> Image.Image:
 
 
 def optimize_sheet(photos, paintings: list[Path], steps: int) -> Image.Image:
-    from stylize.optimize import Optimizer, painting_for
+    from stylize.apply.engines.optimize import Optimizer, painting_for
 
     s = load_stylizer(DEFAULT_ADAPTIVE_MODEL, "cpu")
     rows = [[(to_pil(x), name)] for name, x in photos]

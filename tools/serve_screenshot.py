@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from stylize.server import Studio, default_models, listen, make_server  # noqa: E402
+from stylize.serve.server import Studio, default_models, listen, make_server  # noqa: E402
 from test_serve import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 VIEWS = {"desktop": {"viewport": {"width": 1280, "height": 620}},

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stylize import modelfile
-from stylize.export import export_onnx
-from stylize.graphs import SHIPPED_GRAPHS, shipped_graph
+from stylize.models import modelfile
+from stylize.apply.engines.export import export_onnx
+from stylize.apply.engines.graphs import SHIPPED_GRAPHS, shipped_graph
 
 
 def wanted(model: Path) -> list[Path]:

@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .norms import Condition, InstanceStat
-from .pipeline import MIN_TILE, budget_pixels, bytes_per_pixel  # noqa: F401 (API)
+from stylize.models.norms import Condition, InstanceStat
+from stylize.apply.batch import MIN_TILE, budget_pixels, bytes_per_pixel  # noqa: F401 (API)
 
 ALIGN = 4  # two stride-2 convolutions: tile corners on multiples of 4
 HALO = 32  # context around every tile, px (multiple of ALIGN)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .errors import StylizeError
+from stylize.errors import StylizeError
 
 
 def style_index(name: str, styles: list[str], model: str) -> int:
@@ -16,7 +16,7 @@ def style_index(name: str, styles: list[str], model: str) -> int:
         return styles.index(name)
     if name.isdigit() and int(name) < len(styles):
         return int(name)
-    from .modelfile import find_models
+    from stylize.models.modelfile import find_models
 
     hint = f"; for the model {name!r}, use --model {name}" if name in {m.stem for m in find_models()} else ""
     raise StylizeError(f"model {model} has no style {name!r}; its styles: "

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import mean_std
-from .vgg import vgg_features
+from stylize.features.losses import mean_std
+from stylize.features.vgg import vgg_features
 
 ENCODER_TAPS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import StylizeError
-from .images import to_pil
-from .inference import AdaINStylizer, Stylizer
+from stylize.errors import StylizeError
+from stylize.images import to_pil
+from stylize.apply.engines.pytorch import AdaINStylizer, Stylizer
 
 LABEL_HEIGHT = 22
 

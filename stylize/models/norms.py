@@ -23,7 +23,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .settings import TRANSFORMER_NORMS
+from stylize.settings import TRANSFORMER_NORMS
 
 
 @dataclass

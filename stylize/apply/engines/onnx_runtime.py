@@ -21,11 +21,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import mixing, palette, scale
-from .errors import StylizeError
-from .images import read_array
-from .pipeline import budget_pixels
-from .settings import ApplyConfig
+from stylize.apply import mixing, palette, scale
+from stylize.errors import StylizeError
+from stylize.images import read_array
+from stylize.apply.batch import budget_pixels
+from stylize.settings import ApplyConfig
 
 def installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None

@@ -18,17 +18,19 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import __version__, distributed, modelfile, speed
-from .devices import pick_device
-from .data import batches, content_files, load_style, pick_loader, style_files
-from .errors import StylizeError
-from .images import load_image, save_image
-from .losses import PerceptualLoss, draw_shift
-from .networks import NetConfig, TransformerNet
-from .norms import Condition
-from .settings import (LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_LR_SCALE, STYLE_SIZE, TrainConfig,
+from stylize import __version__, distributed
+from stylize.models import modelfile
+from stylize.train import speed
+from stylize.devices import pick_device
+from stylize.train.data import batches, content_files, load_style, pick_loader, style_files
+from stylize.errors import StylizeError
+from stylize.images import load_image, save_image
+from stylize.features.losses import PerceptualLoss, draw_shift
+from stylize.models.networks import NetConfig, TransformerNet
+from stylize.models.norms import Condition
+from stylize.settings import (LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_LR_SCALE, STYLE_SIZE, TrainConfig,
                        style_loss_for)
-from .vgg import loss_network, resolve_loss_net
+from stylize.features.vgg import loss_network, resolve_loss_net
 
 
 @dataclass
@@ -274,7 +276,7 @@ class AdaINRecipe:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, start: int, levers: frozenset = frozenset(),
                  shard: distributed.Shard = distributed.Shard()):
-        from .adain import ENCODER_TAPS, AdaINConfig, AdaINNet
+        from stylize.models.adain import ENCODER_TAPS, AdaINConfig, AdaINNet
 
         self.cfg, self.device, self.shard = cfg, device, shard
         if cfg.loss_net == "efficientnet-lite0":
@@ -298,8 +300,8 @@ class AdaINRecipe:
         self.model = self.net.decoder  # the trained part: train() wraps it for several processes (DDP)
 
     def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:
-        from .adain import adain
-        from .losses import mean_std, relative_error, style_stats, total_variation
+        from stylize.models.adain import adain
+        from stylize.features.losses import mean_std, relative_error, style_stats, total_variation
 
         s, _ = next(self.styles)
         stand_in = s is None and x is not None and self.shard.world > 1  # every process takes part in a step
@@ -326,7 +328,7 @@ class AdaINRecipe:
 
     @torch.no_grad()
     def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
-        from .losses import mean_std
+        from stylize.features.losses import mean_std
 
         cols = []
         for style in self.fixed_styles:
@@ -350,7 +352,7 @@ class PredictionRecipe:
 
     def __init__(self, cfg: TrainConfig, device: torch.device, start: int, levers: frozenset = frozenset(),
                  shard: distributed.Shard = distributed.Shard()):
-        from .style_prediction import ArbitraryNet, PredictorConfig, StylePredictor
+        from stylize.models.style_prediction import ArbitraryNet, PredictorConfig, StylePredictor
 
         self.cfg, self.device, self.shard = cfg, device, shard
         self.files = style_files(cfg.style)
@@ -376,7 +378,7 @@ class PredictionRecipe:
             return self.loss.net(speed.to_device(painting[None], self.device))
 
     def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:
-        from .style_prediction import augment
+        from stylize.models.style_prediction import augment
 
         b = self.cfg.batch_size
         index = int(torch.randint(len(self.paintings), (1,), generator=draws))

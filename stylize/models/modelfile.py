@@ -13,9 +13,9 @@ import pickle
 import zipfile
 from pathlib import Path
 
-from .errors import StylizeError
-from .files import atomic_write
-from .settings import NORMS, TRANSFORMER_NETWORKS
+from stylize.errors import StylizeError
+from stylize.files import atomic_write
+from stylize.settings import NORMS, TRANSFORMER_NETWORKS
 
 FORMAT = "stylize-model"
 VERSION = 1
@@ -26,7 +26,7 @@ def _shipped_dir() -> Path:
     """The shipped models: package data (stylize/weights/) in an installed wheel, the repository's
     weights/ in a checkout or an editable install (pyproject.toml maps one onto the other)."""
     installed = Path(str(importlib.resources.files("stylize") / "weights"))
-    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "weights"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[2] / "weights"
 
 
 # Where `--model NAME` looks, in order: $STYLIZE_MODELS (a user folder), ~/.stylize/models/, then

@@ -31,7 +31,7 @@ def keep_luminance(output: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
 
 def match_colors(style: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
     """Linearly map the style's RGB distribution onto the photo's mean and covariance (palette.py)."""
-    from . import palette
+    from stylize.apply import palette
 
     a, b = palette.transfer(palette.stats(style.detach().cpu().double().numpy()),
                             palette.stats(photo.detach().cpu().double().numpy()))

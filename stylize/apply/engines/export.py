@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, mixing, modelfile
-from .errors import StylizeError
-from .files import atomic_write
-from .norms import Condition
-from .files import file_sha256
+from stylize import __version__
+from stylize.apply import mixing
+from stylize.models import modelfile
+from stylize.errors import StylizeError
+from stylize.files import atomic_write
+from stylize.models.norms import Condition
+from stylize.files import file_sha256
 
 OPSET = 18
 
@@ -65,7 +67,7 @@ class _AdaIN(nn.Module):
         self.net = net
 
     def forward(self, image, style, alpha):
-        from .losses import mean_std
+        from stylize.features.losses import mean_std
 
         return self.net(image, [mean_std(self.net.encoder(style))], alpha=alpha).clamp(0, 1)
 
@@ -74,7 +76,7 @@ class _Arbitrary(nn.Module):
     """An arbitrary-style model: the painting's features, its embedding and the network in one graph."""
 
     def __init__(self, stylizer):
-        from .efficientnet import SameConv
+        from stylize.features.efficientnet import SameConv
 
         super().__init__()
         self.features, self.predictor, self.net = stylizer.features, stylizer.predictor, stylizer.base
@@ -101,7 +103,7 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
     against PyTorch on two test images of odd sizes; a difference over 1e-3 is an error. With
     `default`, a transformer model's graph takes the image alone and stylizes with the first style
     at full strength (_Default; its metadata says "default": true)."""
-    from .inference import load_stylizer
+    from stylize.apply.engines.pytorch import load_stylizer
 
     t0 = time.perf_counter()
     record = modelfile.load(model)
@@ -115,7 +117,7 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
     size = 64 if adaptive else 32
     image = torch.rand(1, 3, size, size + 8)
     if arbitrary:
-        from .style_prediction import MULTIPLE
+        from stylize.models.style_prediction import MULTIPLE
 
         meta.update(arbitrary=True, style_size=stylizer.style_size, style_multiple=MULTIPLE)
         module, names = _Arbitrary(stylizer), ["image", "style", "strength"]
@@ -166,7 +168,7 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
 
 def _check(path: Path, stylizer, adaptive: bool, arbitrary: bool = False) -> float:
     """Largest difference between the exported graph in ONNX Runtime and the PyTorch model."""
-    from .onnx_runtime import OnnxStylizer
+    from stylize.apply.engines.onnx_runtime import OnnxStylizer
 
     fast = OnnxStylizer(path)
     g = torch.Generator().manual_seed(0)

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .vgg import VGGFeatures
+from stylize.features.vgg import VGGFeatures
 
-from .settings import STYLE_LOSSES
+from stylize.settings import STYLE_LOSSES
 
 
 def gram(f: torch.Tensor) -> torch.Tensor:

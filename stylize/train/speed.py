@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from .errors import StylizeError
+from stylize.errors import StylizeError
 
 LEVERS = {
     "bf16": "bf16 autocast; the VGG loss network's weights stored in bf16 (autocast would re-cast them "

@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from .errors import StylizeError
-from .settings import DEFAULT_ADAPTIVE_MODEL, ApplyConfig, ServeConfig
+from stylize.errors import StylizeError
+from stylize.settings import DEFAULT_ADAPTIVE_MODEL, ApplyConfig, ServeConfig
 
 S = ServeConfig()
 KEEP_JOBS = 64  # finished jobs kept (with their results) before the oldest go
@@ -101,7 +101,7 @@ class Studio:
     def __init__(self, models: list[str], max_size: int = S.max_size, max_upload_mb: float = S.max_upload_mb,
                  device: str = "auto", runtime: str = "auto", max_megapixels: float = S.max_megapixels,
                  max_queue: int = S.max_queue, model_memory_mb: float = S.model_memory_mb):
-        from . import modelfile
+        from stylize.models import modelfile
 
         self.max_size, self.max_bytes = max_size, int(max_upload_mb * (1 << 20))
         self.max_pixels, self.max_queue = int(max_megapixels * 1e6), max_queue
@@ -155,7 +155,7 @@ class Studio:
         upload's spooled file); only their headers are read here. Raises StylizeError for a bad
         request, TooLarge over the budgets, Busy when the queue is full. `replaces`: a job id whose
         picture is no longer wanted (dropped if it has not started)."""
-        from .mixing import check_strength
+        from stylize.apply.mixing import check_strength
 
         check_strength(strength)
         if style not in self.choices():
@@ -187,7 +187,7 @@ class Studio:
         """Write an upload and read its header: the (width, height) it shows, within the budgets."""
         from PIL import UnidentifiedImageError
 
-        from .images import _open
+        from stylize.images import _open
 
         if isinstance(data, (bytes, bytearray)):
             path.write_bytes(data)
@@ -220,7 +220,7 @@ class Studio:
 
     def _stylizer(self, model: str, styles, strength: float):
         """(key, stylizer): an open one, marked recently used, or a new one."""
-        from .pipeline import open_stylizer
+        from stylize.apply.batch import open_stylizer
 
         key = (model, not styles and strength == 1.0)  # the default graph only serves full strength
         if key in self._stylizers:
@@ -253,7 +253,7 @@ class Studio:
     def _run(self, job: Job, style: str, strength: float) -> None:
         from PIL import Image
 
-        from .pipeline import apply_files
+        from stylize.apply.batch import apply_files
 
         job.state, job.progress, job.message, self._current = "running", 0.05, "preparing the model", job
         before, key = resident_bytes(), None
@@ -397,7 +397,7 @@ def make_app(studio: Studio, hosts: list[str] | None = None, port: int | None = 
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    page = resources.files("stylize").joinpath("page.html").read_text(encoding="utf-8")
+    page = resources.files("stylize.serve").joinpath("page.html").read_text(encoding="utf-8")
     limit = studio.max_bytes + FORM_SLACK
     too_large = f"upload larger than {studio.max_bytes / (1 << 20):g} MB"
 
@@ -572,7 +572,7 @@ def url(sock: socket.socket) -> str:
 
 def default_models() -> list[str]:
     """The shipped models the page offers: every style, and the arbitrary model for paintings."""
-    from . import modelfile
+    from stylize.models import modelfile
 
     shipped = modelfile._shipped_dir()
     names = sorted(p.stem for p in shipped.glob("*.pt"))

@@ -11,15 +11,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import mixing, modelfile, palette, scale, tiling
-from .devices import pick_device
-from .errors import StylizeError
-from .images import load_image
-from .networks import NetConfig, TransformerNet
-from .norms import Condition
-from .pipeline import ApplyReport, Interrupted, apply_files, expand_inputs, output_paths  # noqa: F401 (API)
+from stylize.apply import mixing, palette, scale
+from stylize.models import modelfile
+from stylize.apply.engines import tiling
+from stylize.devices import pick_device
+from stylize.errors import StylizeError
+from stylize.images import load_image
+from stylize.models.networks import NetConfig, TransformerNet
+from stylize.models.norms import Condition
+from stylize.apply.batch import ApplyReport, Interrupted, apply_files, expand_inputs, output_paths  # noqa: F401 (API)
 
-from .settings import DEFAULT_MODEL, ApplyConfig
+from stylize.settings import DEFAULT_MODEL, ApplyConfig
 
 
 class Stylizer:
@@ -167,8 +169,8 @@ class ArbitraryStylizer(Stylizer):
     def __init__(self, record: dict, device: str = "auto", tile: int | None = None,
                  memory_mb: float = ApplyConfig.memory_mb, notice=None, tile_progress=None,
                  style_size: int | None = None):
-        from .style_prediction import PredictorConfig, StylePredictor
-        from .vgg import loss_network
+        from stylize.models.style_prediction import PredictorConfig, StylePredictor
+        from stylize.features.vgg import loss_network
 
         super().__init__(record, device, tile, memory_mb, notice, tile_progress)
         self.base = self.net
@@ -184,8 +186,8 @@ class ArbitraryStylizer(Stylizer):
 
     def painting(self, path: str) -> torch.Tensor:
         """A painting as the predictor reads it: at style_size, cropped to the network's multiple."""
-        from .data import load_style
-        from .style_prediction import crop_to_multiple
+        from stylize.train.data import load_style
+        from stylize.models.style_prediction import crop_to_multiple
 
         if path not in self._paintings:
             self._paintings = {path: crop_to_multiple(load_style(path, self.style_size)[1]), **self._paintings}
@@ -196,7 +198,7 @@ class ArbitraryStylizer(Stylizer):
     @torch.inference_mode()
     def embedding(self, path: str, photo: torch.Tensor | None = None) -> torch.Tensor:
         """A painting's style embedding (D,); with `photo`, of the painting recoloured to the photo's colours."""
-        from .color import match_colors
+        from stylize.apply.color import match_colors
 
         key = (path, id(photo) if photo is not None else None)
         if key not in self._embeddings:
@@ -210,7 +212,7 @@ class ArbitraryStylizer(Stylizer):
     def condition(self, specs: list[str] | None, mask: torch.Tensor | None = None, photo=None,
                   match_color: bool = False) -> torch.Tensor:
         """Paintings (PATH or PATH=W) -> the baked network's style weights (N,), or (N, H, W) with a mask."""
-        from .style_prediction import bake
+        from stylize.models.style_prediction import bake
 
         if not specs:
             raise StylizeError(f"model {self.name} takes any painting: give one with --style PAINTING.jpg")
@@ -234,7 +236,7 @@ class AdaINStylizer:
     """An adaptive (AdaIN) model: any style image, given at apply time (see adain.py)."""
 
     def __init__(self, record: dict, device: str = "auto", style_size: int | None = 512):
-        from .adain import AdaINConfig, AdaINNet
+        from stylize.models.adain import AdaINConfig, AdaINNet
 
         self.record, self.device, self.style_size = record, pick_device(device), style_size
         self.name = Path(record["path"]).stem
@@ -245,9 +247,9 @@ class AdaINStylizer:
         self._stats: dict = {}
 
     def _style(self, path: str, photo: torch.Tensor | None, match: bool):
-        from .color import match_colors
-        from .data import load_style
-        from .losses import mean_std
+        from stylize.apply.color import match_colors
+        from stylize.train.data import load_style
+        from stylize.features.losses import mean_std
 
         key = (path, id(photo) if match else None)
         if key not in self._stats:

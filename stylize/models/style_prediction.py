@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import mean_std
+from stylize.features.losses import mean_std
 
 
 # A painting is cropped to multiples of this at apply time (at most 15 pixels off its right and bottom
@@ -81,7 +81,7 @@ class ArbitraryNet(nn.Module):
 
     def forward(self, x: torch.Tensor, features: dict[str, torch.Tensor], strength: torch.Tensor | None = None):
         """Photos (B, 3, H, W), all toward the painting whose loss-network features are given."""
-        from .norms import Condition
+        from stylize.models.norms import Condition
 
         embedding = self.predictor(features)
         styles = torch.ones(len(x), len(embedding), device=x.device) / len(embedding)
@@ -92,7 +92,7 @@ def bake(net: nn.Module, embeddings: torch.Tensor) -> nn.Module:
     """An arbitrary-style transformer network and N embeddings (N, D) -> an ordinary N-style network
     whose tables hold the predicted pairs: mixing, masks, strength, tiling and export then work as
     for any trained set of styles."""
-    from .networks import TransformerNet
+    from stylize.models.networks import TransformerNet
 
     n = embeddings.shape[0]
     cfg = replace(net.cfg, norm="conditional" if n > 1 else "instance", num_styles=n, style_dim=0)

@@ -26,9 +26,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import scale
-from .losses import draw_shift
-from .settings import LOSS_NET_LAYERS, OPTIMIZE_JITTER, OPTIMIZE_SIZE, STYLE_SIZE, TrainConfig
+from stylize.apply import scale
+from stylize.features.losses import draw_shift
+from stylize.settings import LOSS_NET_LAYERS, OPTIMIZE_JITTER, OPTIMIZE_SIZE, STYLE_SIZE, TrainConfig
 
 LOSS_NET = "efficientnet-lite0"
 LR = 0.02  # Adam's step on pixels in [0, 1]: 200 steps at it settle the marks (measured by eye on 4 paintings)
@@ -39,8 +39,8 @@ class Optimizer:
 
     def __init__(self, painting: torch.Tensor, device: torch.device | str = "cpu"):
         """painting: (3, H, W) float in [0, 1], its longest side about STYLE_SIZE["adaptive"]."""
-        from .losses import PerceptualLoss
-        from .vgg import loss_network
+        from stylize.features.losses import PerceptualLoss
+        from stylize.features.vgg import loss_network
 
         content, style = LOSS_NET_LAYERS[LOSS_NET]
         self.device = torch.device(device)
@@ -90,8 +90,8 @@ class Optimizer:
 def painting_for(path: str, photo: torch.Tensor | None = None) -> torch.Tensor:
     """A painting as the optimization reads it (longest side STYLE_SIZE["adaptive"]); with a photo
     (uint8), recoloured to the photo's colours (--preserve-color --color-method match)."""
-    from .color import match_colors
-    from .data import load_style
+    from stylize.apply.color import match_colors
+    from stylize.train.data import load_style
 
     painting = load_style(path, STYLE_SIZE["adaptive"])[1]
     return painting if photo is None else match_colors(painting, photo.float() / 255)
@@ -104,25 +104,25 @@ class OptimizingStylizer:
     budget = 0  # every photo is read, optimized and written on its own: minutes each, nothing to queue
 
     def __init__(self, steps: int, device: str = "auto", progress: Callable[[int, int], None] | None = None):
-        from .devices import pick_device
+        from stylize.devices import pick_device
 
         self.steps, self.device, self.progress = steps, pick_device(device), progress
         self._optimizers: dict = {}
 
     def load(self, path, max_size: int | None = None):
-        from .images import load_image
+        from stylize.images import load_image
 
         return load_image(path, max_size, torch.uint8)
 
     @staticmethod
     def load_mask(path, size):
-        from .errors import StylizeError
+        from stylize.errors import StylizeError
 
         raise StylizeError("--optimize takes one painting, without --mask")
 
     def condition(self, specs: list[str] | None, mask=None, photo=None, match_color: bool = False) -> Optimizer:
-        from .errors import StylizeError
-        from .mixing import style_image
+        from stylize.errors import StylizeError
+        from stylize.apply.mixing import style_image
 
         if not specs or len(specs) != 1:
             raise StylizeError("--optimize takes one painting: --style PAINTING.jpg")

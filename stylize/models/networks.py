@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-from .norms import Condition, make_norm
+from stylize.models.norms import Condition, make_norm
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from . import mixing, modelfile
-from .errors import StylizeError
-from .files import CACHE_ENV, cache_root, file_sha256
-from .onnx_runtime import OnnxStylizer
-from .settings import ApplyConfig
+from stylize.apply import mixing
+from stylize.models import modelfile
+from stylize.errors import StylizeError
+from stylize.files import CACHE_ENV, cache_root, file_sha256
+from stylize.apply.engines.onnx_runtime import OnnxStylizer
+from stylize.settings import ApplyConfig
 
 CACHE_MB = 512  # the graph cache keeps the most recently used graphs within this size
 
@@ -35,7 +36,7 @@ def cached_graph(model: str | Path, notice: Callable[[str], None] | None = None,
         return graph
     if notice:
         notice(f"preparing {path.stem} for ONNX Runtime (once, some seconds; cached in {graph.parent})")
-    from .export import export_onnx
+    from stylize.apply.engines.export import export_onnx
 
     export_onnx(path, graph, default=default)
     _prune(graph.parent, keep=graph)

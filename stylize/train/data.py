@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .errors import StylizeError
-from .files import CACHE_ENV, atomic_write, cache_root, folder_lock
-from .images import find_images, load_image
+from stylize.errors import StylizeError
+from stylize.files import CACHE_ENV, atomic_write, cache_root, folder_lock
+from stylize.images import find_images, load_image
 
 CONTENT_ENV = "STYLIZE_CONTENT"
 DEFAULT_CONTENT = Path("~/.stylize/content")

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import StylizeError
+from stylize.errors import StylizeError
 
-from .settings import LOSS_NETS
+from stylize.settings import LOSS_NETS
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_SEED = 0
@@ -197,7 +197,7 @@ def loss_network(name: str, taps: list[str], weights_file=None, download: bool =
     if name not in LOSS_NETS or name == "auto":
         raise StylizeError(f"unknown loss network {name!r}; choose one of {', '.join(LOSS_NETS[1:])}")
     if name == "efficientnet-lite0":
-        from .efficientnet import lite0_features
+        from stylize.features.efficientnet import lite0_features
 
         return lite0_features(taps)
     if name == "random":

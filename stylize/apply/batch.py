@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import StylizeError
-from .files import folder_lock, in_use
-from .mixing import check_strength
-from .settings import ApplyConfig
-from .images import HAS_ALPHA, IMAGE_EXTENSIONS, SAVE_FORMATS, UNREADABLE_EXTENSIONS, find_images, frame_count, metadata, pixel_count, save_image
+from stylize.errors import StylizeError
+from stylize.files import folder_lock, in_use
+from stylize.apply.mixing import check_strength
+from stylize.settings import ApplyConfig
+from stylize.images import HAS_ALPHA, IMAGE_EXTENSIONS, SAVE_FORMATS, UNREADABLE_EXTENSIONS, find_images, frame_count, metadata, pixel_count, save_image
 
 
 MIN_TILE = 64
@@ -40,14 +40,14 @@ def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = No
     and forward, onnx_runtime.py), else PyTorch (masks, tiles, colour preservation, interpolating
     paintings, GPUs). `config.runtime` "onnx" refuses what ONNX Runtime does not cover; "torch" never uses it.
     With `config.optimize`, no model: the optimization (optimize.py), its steps to `step_progress`."""
-    from . import graphs, onnx_runtime
+    from stylize.apply.engines import graphs, onnx_runtime
 
     c = config
     if c.optimize:
         if c.runtime == "onnx":
             raise StylizeError("--runtime onnx does not cover --optimize; use --runtime torch or auto")
-        from .optimize import OptimizingStylizer
-        from .settings import OPTIMIZE_SIZE, STYLE_SIZE
+        from stylize.apply.engines.optimize import OptimizingStylizer
+        from stylize.settings import OPTIMIZE_SIZE, STYLE_SIZE
 
         ignored = [flag for flag, given in (("--tile", c.tile), ("--style-size", c.style_size is not None)) if given]
         if ignored and notice:  # it works at one size, its marks' size with it
@@ -57,7 +57,7 @@ def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = No
         return OptimizingStylizer(c.optimize, c.device, step_progress)
 
     def torch_stylizer():
-        from .inference import load_stylizer
+        from stylize.apply.engines.pytorch import load_stylizer
 
         return load_stylizer(c.model, c.device, c.style_size, c.tile, c.memory_mb, notice=notice,
                              tile_progress=tile_progress)
@@ -153,7 +153,7 @@ def output_paths(items: list[tuple[Path, Path]], out: Path | None, out_dir: Path
 
 def _output_suffix(suffix: str) -> str:
     """An input's own format where it can be written, else PNG (photos) or MP4 (video)."""
-    from .video import VIDEO_EXTENSIONS, WRITABLE
+    from stylize.apply.video import VIDEO_EXTENSIONS, WRITABLE
 
     if suffix in SAVE_FORMATS or suffix in WRITABLE:
         return suffix
@@ -337,7 +337,7 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], config: A
                     cond = stylizer.condition(styles, m, x, match_color)
                     y = stylizer.run(x, cond, strength)
                     if c.preserve_color and not match_color:
-                        from .color import keep_luminance  # torch; the ONNX Runtime path hands colour to torch
+                        from stylize.apply.color import keep_luminance  # torch; the ONNX Runtime path hands colour to torch
 
                         y = keep_luminance(y, x)
                 except StylizeError as e:

@@ -59,9 +59,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .errors import StylizeError
-from .files import in_use, temporary
-from .settings import ApplyConfig
+from stylize.errors import StylizeError
+from stylize.files import in_use, temporary
+from stylize.settings import ApplyConfig
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"}
 # output suffix -> (container format, video codec, audio codec when the input's cannot be copied,
@@ -444,7 +444,7 @@ def steady_frame(steady: Steadiness, photo: np.ndarray, stylize: Callable[[np.nd
     frame's own detail finer than that comes back after, as the stylizer does (scale.restore)."""
     if shape is None:
         return steady(photo, stylize)
-    from . import scale
+    from stylize.apply import scale
 
     x = np.ascontiguousarray(photo.transpose(2, 0, 1))
     small = scale.resize(x, shape)
@@ -509,7 +509,7 @@ def remove_stale_parts(dst: Path) -> None:
 def check(src: Path, dst: Path) -> None:
     """What can be refused before any model is loaded: the output's format, the output being the
     input, an input that is not a video. Then the temporaries a killed run into `dst` left go."""
-    from .pipeline import refuse_inputs
+    from stylize.apply.batch import refuse_inputs
 
     if dst.suffix.lower() not in _OUTPUTS:
         raise StylizeError(f"{dst}: write video as {', '.join(WRITABLE)}")
@@ -579,7 +579,7 @@ def stylize_video(stylizer, src: str | Path, dst: str | Path, config: ApplyConfi
     the user should know (a file cut short); `measure`: the report's flicker figures (Flicker).
     Raises StylizeError for what the user can mend; on any failure or interrupt nothing is left at
     `dst`."""
-    from . import mixing
+    from stylize.apply import mixing
 
     src, dst = Path(src), Path(dst)
     c = config or ApplyConfig()
@@ -626,7 +626,7 @@ def stylize_video(stylizer, src: str | Path, dst: str | Path, config: ApplyConfi
             if c.preserve_color and not match_color:
                 import torch
 
-                from .color import keep_luminance
+                from stylize.apply.color import keep_luminance
 
                 y = keep_luminance(torch.as_tensor(np.asarray(y)), torch.as_tensor(np.asarray(x)))
             y = np.asarray(y)
