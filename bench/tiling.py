@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import example_photo, psnr, random_model  # noqa: E402
 from stylize.models import modelfile
+from stylize.apply.budget import budget_pixels  # noqa: E402
 from stylize.apply.engines import tiling  # noqa: E402
 from stylize.errors import StylizeError  # noqa: E402
 from stylize.images import load_image, save_image  # noqa: E402
@@ -63,7 +64,7 @@ def child(args) -> None:
     x, alpha = load_image(args.photo, dtype=torch.uint8)
     h, w = x.shape[1:]
     p = tiling.plan(h, w, stylizer.tile_size())
-    over = (h * w) > tiling.budget_pixels(args.memory, stylizer.net.cfg.width)
+    over = (h * w) > budget_pixels(args.memory, stylizer.net.cfg.width)
     if stylizer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t1 = time.perf_counter()

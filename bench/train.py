@@ -14,10 +14,10 @@ stylize: stylize.train.training.train(), as `stylize train` runs it, with the de
   decoded once and cropped on the GPU; none on CPU). --levers picks others; each gives a stylize row.
 
 Both paths train the same TransformerNet (stylize.models.networks; --norm, --width; without the strength
-conditioning unless --strength) on the same JPEG files at the same crop size and batch, with the same
+conditioning unless --all-strengths) on the same JPEG files at the same crop size and batch, with the same
 VGG-16 weights: torchvision's ImageNet weights if they are cached, else stylize.features.vgg's random VGG-16
 features saved to a file both load (no download; the table says which). stylize's loss adds a TV term
-(and, with --strength, the pixel term) to the plain loop's two. Each path runs in its own process, so
+(and, with --all-strengths, the pixel term) to the plain loop's two. Each path runs in its own process, so
 its memory peak and its process-wide switches (cudnn.benchmark) are its own.
 
 per_second: training images per second over iterations warmup+1 .. iterations (start-up, cuDNN
@@ -258,7 +258,7 @@ def run_stylize(spec: dict) -> dict:
     else:
         cfg = TrainConfig(
             style=[spec["style"]], content=spec["content"], out=str(Path(spec["tmp"]) / "stylize" / "model.pt"),
-            norm=spec["norm"], width=spec["width"], strength=spec["strength"], iterations=iterations,
+            norm=spec["norm"], width=spec["width"], all_strengths=spec["strength"], iterations=iterations,
             batch_size=spec["batch"], image_size=spec["size"], style_size=spec["style_size"], loss_net="vgg16",
             vgg_weights=spec["vgg_file"], device=spec["device"], seed=spec["seed"], checkpoint_every=0,
             sample_every=iterations + 1,
@@ -362,7 +362,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--warmup", type=int, default=10, help="iterations left out of the timing")
     ap.add_argument("--norm", default="instance")
     ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--strength", action="store_true", help="train strength-conditioned networks (stylize's default)")
+    ap.add_argument("--all-strengths", action="store_true", help="train strength-conditioned networks (stylize's default)")
     ap.add_argument("--content", help="folder of training photos (default: --photos synthetic JPEGs)")
     ap.add_argument("--photos", type=int, default=256, help="synthetic photos to make without --content")
     ap.add_argument("--photo-size", default="640x480", help="synthetic photo size, WxH (COCO's usual)")
@@ -407,13 +407,13 @@ def main(argv=None) -> list[dict]:
             speed.parse_levers(lv, device)
     except StylizeError as e:
         sys.exit(f"error: {e}")
-    model = f"TransformerNet {args.norm} w{args.width}" + (" +strength" if args.strength else "")
+    model = f"TransformerNet {args.norm} w{args.width}" + (" +strength" if args.all_strengths else "")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         content, style, photos = make_inputs(args, tmp)
         vgg_file, vgg_words = loss_net_weights(args.loss_net, tmp)
         base = dict(device=args.device, size=args.size, warmup=args.warmup, iterations=args.iterations,
-                    norm=args.norm, width=args.width, strength=args.strength, content=str(content),
+                    norm=args.norm, width=args.width, strength=args.all_strengths, content=str(content),
                     style=str(style), style_size=args.style_size, vgg_file=vgg_file, seed=0, tmp=str(tmp),
                     plain_workers=args.plain_workers, target_loss=args.target_loss,
                     max_iterations=args.max_iterations, recipe=args.recipe, synthetic=not args.content)

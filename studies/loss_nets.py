@@ -118,7 +118,7 @@ class Candidate:
     stat: str = "gram"  # gram | cov (mean + centred Gram) | swd (sliced Wasserstein on features)
     color: float = 0.0  # weight of a sliced-Wasserstein term on pixel colours, as one more style layer
     scales: tuple = (1,)  # style loss also on the image downsampled by these factors
-    weight: float | None = None  # style weight; None: --style-weight
+    weight: float | None = None  # style loss weight; None: --style-loss-weight
     resample: str = "pool"  # swd: pool (a random C of 4C directions per step), fixed (C), fresh (Heitz)
     library: tuple | None = None  # (loss_net, style_loss): run through stylize's own PerceptualLoss
 
@@ -308,7 +308,7 @@ def optimise(cand: Candidate, photo: Path, style: Path, out: Path, size: int, st
     opt = torch.optim.Adam([y], lr=lr)
     for _ in range(steps):
         content, style_term = obj(y, cf)
-        loss = cfg.content_weight * content + style_weight * style_term + cfg.tv_weight * tv(y)
+        loss = cfg.content_loss_weight * content + style_weight * style_term + cfg.tv_loss_weight * tv(y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -392,7 +392,7 @@ def run_gatys(names, photos, styles, out: Path, args, q) -> str:
         for p in photos:
             for s in styles:
                 tasks.append((n, str(p), str(s), out / n / f"{p.stem}__{s.stem}__{tag}.png",
-                              args.size, args.steps, args.lr, cands[n].weight or args.style_weight))
+                              args.size, args.steps, args.lr, cands[n].weight or args.style_loss_weight))
     t0 = time.perf_counter()
     if args.jobs > 1:
         import multiprocessing as mp
@@ -410,7 +410,7 @@ def run_gatys(names, photos, styles, out: Path, args, q) -> str:
                                           "speckle": speckle(o, Path(p)), **tm})
     lines = [f"Gatys optimisation from the photo: {len(photos)} photo(s) x {len(styles)} style(s) "
              f"({', '.join(x.stem for x in styles)}), {args.size} px, {args.steps} Adam steps (lr {args.lr:g}), "
-             f"content weight 1, style weight {args.style_weight:g} unless named, TV 10; "
+             f"content weight 1, style weight {args.style_loss_weight:g} unless named, TV 10; "
              f"{wall / 60:.1f} min wall with {args.jobs} process(es)", "",
              "| candidate | style_match | structure | speckle | s/image | what |", "|---|---|---|---|---|---|"]
     for n in names:
@@ -527,15 +527,15 @@ def main():
     ap.add_argument("--size", type=int, default=192, help="longest side of the photos")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=0.03)
-    ap.add_argument("--style-weight", type=float, default=None, help="default: TrainConfig's")
+    ap.add_argument("--style-loss-weight", type=float, default=None, help="default: TrainConfig's")
     ap.add_argument("--train-iterations", type=int, default=150)
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
 
     from stylize.settings import TrainConfig
 
-    if args.style_weight is None:
-        args.style_weight = TrainConfig().style_weight
+    if args.style_loss_weight is None:
+        args.style_loss_weight = TrainConfig().style_loss_weight
     data = Path(args.data)
     q = quality_module(Path(args.quality))
 

@@ -56,7 +56,7 @@ def train_runs(args) -> dict[str, dict]:
         out = args.out_dir / f"{norm}.pt"
         if not out.exists():
             cfg = TrainConfig(style=[str(args.style)], content=str(args.content), out=str(out), norm=norm,
-                              network="light-instance", strength=False, iterations=args.iterations, seed=0,
+                              network="light-instance", all_strengths=False, iterations=args.iterations, seed=0,
                               sample_every=args.iterations, checkpoint_every=0)
             bar = tqdm(total=args.iterations, desc=norm, unit="it")
             t0 = time.perf_counter()

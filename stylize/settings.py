@@ -54,24 +54,25 @@ def style_loss_for(loss_net: str, style_loss: str) -> str:
 class TrainConfig:
     style: list[str] = field(default_factory=list)  # style images or folders of them
     content: str | None = None  # folder of training photos; None: $STYLIZE_CONTENT or ~/.stylize/content
-    out: str = "model.pt"
+    out: str = "model.safetensors"
     norm: str = "instance"  # or conditional (several styles), adaptive (AdaIN), batch, layer, group, none
     network: str = "light"
     width: int = 16
-    strength: bool = True  # train for every style strength in [0, 1], not only full strength
-    output: str = "blend"  # with strength: the network's image blended with the photo by s (networks.py)
+    all_strengths: bool = True  # train for every style strength in [0, 1], not only full strength
+    output: str = "blend"  # with all_strengths: the network's image blended with the photo by s (networks.py)
     iterations: int = 3000
     batch_size: int = 4  # under torchrun, per process: a run (its files) records the whole batch
     image_size: int = 160  # side of the square training crops
     content_size: int = 480  # shorter side training photos are resized to before cropping; 0: image_size
     style_size: int | None = None  # longest side of the style image for its statistics; None: STYLE_SIZE
-    content_weight: float = 1.0
-    style_weight: float = 100.0
-    tv_weight: float = 2.0
-    color_weight: float = 0.0  # the palette term: output colours distributed as the style's (losses.py)
-    # pulls low-strength outputs to the photo (only with strength); about the style weight, so that
-    # strength 0.5 looks half-way (with 10 against 100, 0.25 already gave 60% of the full change)
-    pixel_weight: float = 100.0
+    # the loss terms' weights; named *_loss_weight, apart from apply's --style-weight (the strength)
+    content_loss_weight: float = 1.0
+    style_loss_weight: float = 100.0
+    tv_loss_weight: float = 2.0
+    color_loss_weight: float = 0.0  # the palette term: output colours distributed as the style's (losses.py)
+    # pulls low-strength outputs to the photo (only with all_strengths); about the style loss weight, so
+    # that strength 0.5 looks half-way (with 10 against 100, 0.25 already gave 60% of the full change)
+    pixel_loss_weight: float = 100.0
     # the loss network sees output and photo translated by up to this many pixels, anew each step
     # (losses.PerceptualLoss: it takes away the sub-pixel patterns that meet the loss cheaply)
     jitter: int = 0
@@ -100,16 +101,22 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """The settings a model file or checkpoint records; a setting newer than the file takes the
-        value that file was trained with (LEGACY), not today's default, so old runs resume as they were."""
+        value that file was trained with (LEGACY), not today's default, so old runs resume as they were;
+        a setting recorded under its former name (RENAMED) is read under its own."""
         names = {f.name for f in fields(cls)}
         legacy = {**LEGACY, "network": "adain"} if d.get("norm") == "adaptive" else LEGACY
+        d = {RENAMED.get(k, k): v for k, v in d.items()}
         return cls(**{**legacy, **{k: v for k, v in d.items() if k in names}})
 
 
 # What runs recorded before these settings existed were trained with.
-LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024, "color_weight": 0.0,
+LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024, "color_loss_weight": 0.0,
           "style_lr_scale": 1.0, "output": "residual",
           "jitter": 0}
+# Settings' former names, as model files and checkpoints written before the renaming record them: the
+# loss weights were *_weight (mistaken for apply's --style-weight), all_strengths was strength.
+RENAMED = {"content_weight": "content_loss_weight", "style_weight": "style_loss_weight", "tv_weight": "tv_loss_weight",
+           "color_weight": "color_loss_weight", "pixel_weight": "pixel_loss_weight", "strength": "all_strengths"}
 
 
 @dataclass

@@ -23,7 +23,7 @@ def adain_model(tmp_path_factory, photos_dir, style_path, style_path2):
 
     tmp = tmp_path_factory.mktemp("adain")
     cfg = tiny_config(tmp, photos_dir, [style_path, style_path2], norm="adaptive", network="adain", width=4, iterations=3,
-                      style_weight=10.0)
+                      style_loss_weight=10.0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(tmp / "torch"))
         mp.setenv("STYLIZE_OFFLINE", "1")
@@ -83,12 +83,14 @@ def test_masks_confine_each_style():
 
 
 def test_preserve_color_keeps_the_photo_chroma():
-    photo, out = tensor(make_photo(3)), tensor(make_style(2, 48))[:, :40, :48]
-    kept = keep_luminance(out, photo)
-    y_kept, y_out, y_photo = to_ycbcr(kept), to_ycbcr(out), to_ycbcr(photo)
-    inside = (kept > 0.02).all(0) & (kept < 0.98).all(0)  # clamping moves clipped pixels
-    assert torch.allclose(y_kept[1:][:, inside], y_photo[1:][:, inside], atol=1e-4)
-    assert torch.allclose(y_kept[0][inside], y_out[0][inside], atol=1e-4)
+    import numpy as np
+
+    photo, out = (np.asarray(im).transpose(2, 0, 1).copy() for im in (make_photo(3), make_style(2, 48).crop((0, 0, 48, 40))))
+    kept = keep_luminance(out, photo)  # uint8, so within a level of rounding
+    y_kept, y_out, y_photo = (to_ycbcr(a / 255) for a in (kept, out, photo))
+    inside = (kept > 5).all(0) & (kept < 250).all(0)  # clamping moves clipped pixels
+    assert np.allclose(y_kept[1:][:, inside], y_photo[1:][:, inside], atol=1.5 / 255)
+    assert np.allclose(y_kept[0][inside], y_out[0][inside], atol=1.5 / 255)
 
 
 def test_match_colors_gives_the_style_the_photo_palette():
@@ -158,17 +160,20 @@ def test_luminance_preservation_works_for_transformer_models_too(make_model, tmp
     for extra, name in (([], "a.png"), (["--preserve-color"], "b.png")):
         r = CliRunner().invoke(app, ["apply", str(photo), "--model", str(model), "--out", str(tmp_path / name), *extra])
         assert r.exit_code == 0, r.output
-    a, b, p = (to_ycbcr(tensor(Image.open(tmp_path / n).convert("RGB"))) for n in ("a.png", "b.png", "p.png"))
-    assert float((b[1:] - p[1:]).abs().mean()) < 0.5 * float((a[1:] - p[1:]).abs().mean())
+    a, b, p = (to_ycbcr(tensor(Image.open(tmp_path / n).convert("RGB")).numpy()) for n in ("a.png", "b.png", "p.png"))
+    assert float(abs(b[1:] - p[1:]).mean()) < 0.5 * float(abs(a[1:] - p[1:]).mean())
     r = CliRunner().invoke(app, ["apply", str(photo), "--model", str(model), "--preserve-color",
                                  "--color-method", "match"])
     assert r.exit_code == 1 and "adaptive" in r.output
 
 
 def test_style_weight_is_checked(adain_model):
+    from stylize.apply.recipe import Request
+    from stylize.settings import ApplyConfig
+
     s = load_stylizer(adain_model, "cpu")
     with pytest.raises(StylizeError):
-        s(torch.rand(3, 16, 16), None, 1.5)
+        Request.of(ApplyConfig(strength=1.5), s)
 
 
 def test_adaptive_training_with_the_efficientnet_loss_says_what_to_do(tmp_path, photos_dir, style_path):

@@ -121,8 +121,8 @@ def test_an_undamaged_file_with_optional_fields_gone_still_applies(tmp_path, mak
     ["apply", "PHOTO", "--style-weight", "nan"],
     ["apply", "PHOTO", "--style-weight", "inf"],
     ["train", "--style", "STYLE", "--lr", "nan"],
-    ["train", "--style", "STYLE", "--style-weight", "nan"],
-    ["train", "--style", "STYLE", "--content-weight", "inf"],
+    ["train", "--style", "STYLE", "--style-loss-weight", "nan"],
+    ["train", "--style", "STYLE", "--content-loss-weight", "inf"],
     ["train", "--style", "STYLE", "--lr", "inf"],
 ])
 def test_nan_and_infinity_are_refused_before_any_work(tmp_path, photo, style_path, photos_dir, args):
@@ -296,7 +296,7 @@ def test_a_run_resumed_from_another_folder_writes_its_model_beside_its_run(tmp_p
 def test_out_mistakes_are_refused_before_any_work(tmp_path, model, photo, monkeypatch, out, extra, fragment):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "existing").mkdir()
-    import stylize.apply.batch as p
+    import stylize.apply.choose as p
 
     monkeypatch.setattr(p, "open_stylizer", lambda *a, **k: pytest.fail("work started"))
     assert_clean_failure(invoke("apply", photo, "--model", model, "--out", out, *extra), fragment)

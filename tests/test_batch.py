@@ -15,8 +15,10 @@ from typer.testing import CliRunner
 
 from stylize.apply.engines import pytorch as inference
 from stylize.apply import batch as pipeline
-from stylize.cli import _kill_as_interrupt, app
-from stylize.apply.engines.pytorch import Interrupted, Stylizer, apply_files, output_paths
+from stylize.cli import app
+from stylize.cli.common import kill_as_interrupt
+from stylize.apply.batch import Interrupted, apply_files, output_paths
+from stylize.apply.engines.pytorch import Stylizer
 from stylize.settings import ApplyConfig
 
 from conftest import make_photo
@@ -105,7 +107,7 @@ def test_resume_skips_finished_files(stylizer, tmp_path):
 def test_interrupt_leaves_whole_files_and_resume_finishes(stylizer, tmp_path, monkeypatch):
     good = make_folder(tmp_path / "in", good=9)
     calls = {"n": 0}
-    real = Stylizer.__call__
+    real = Stylizer.network
 
     def ctrl_c_at_the_fifth(self, *a, **kw):
         calls["n"] += 1
@@ -113,14 +115,14 @@ def test_interrupt_leaves_whole_files_and_resume_finishes(stylizer, tmp_path, mo
             raise KeyboardInterrupt
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(Stylizer, "__call__", ctrl_c_at_the_fifth)
+    monkeypatch.setattr(Stylizer, "network", ctrl_c_at_the_fifth)
     with pytest.raises(Interrupted) as caught:
         apply_files(stylizer, [str(tmp_path / "in")], ApplyConfig(out_dir=str(tmp_path / "out")))
     report = caught.value.report
     assert report.interrupted and len(report.written) == 4  # the four stylized before it were still written
     assert outputs(tmp_path / "out") == sorted(p.relative_to(tmp_path / "out").as_posix() for p in report.written)
     assert all(complete(p) for p in report.written)  # and no .part file either (outputs lists every file)
-    monkeypatch.setattr(Stylizer, "__call__", real)
+    monkeypatch.setattr(Stylizer, "network", real)
     rest = apply_files(stylizer, [str(tmp_path / "in")], ApplyConfig(out_dir=str(tmp_path / "out"), skip_existing=True))
     assert len(rest.skipped) == 4 and len(rest.written) == len(good) - 4
     assert len(outputs(tmp_path / "out")) == len(good)
@@ -172,7 +174,7 @@ def test_reading_and_writing_overlap_with_the_network(stylizer, tmp_path, monkey
         make_photo(i).save(tmp_path / f"p{i}.png")
     started = {}
     threads = {"read": set(), "write": set(), "network": set()}
-    real_load, real_save = inference.load_image, pipeline.save_image
+    real_load, real_save = inference.read_array, pipeline.save_image
 
     def load(path, *a, **kw):
         threads["read"].add(threading.current_thread().name)
@@ -184,7 +186,7 @@ def test_reading_and_writing_overlap_with_the_network(stylizer, tmp_path, monkey
         threads["write"].add(threading.current_thread().name)
         return real_save(*a, **kw)
 
-    real_call = Stylizer.__call__
+    real_call = Stylizer.network
     overlapped = []
 
     def network(self, x, *a, **kw):
@@ -194,9 +196,9 @@ def test_reading_and_writing_overlap_with_the_network(stylizer, tmp_path, monkey
         overlapped.append(n == 3 or nxt.wait(timeout=10))  # the next read began while this one runs
         return real_call(self, x, *a, **kw)
 
-    monkeypatch.setattr(inference, "load_image", load)
+    monkeypatch.setattr(inference, "read_array", load)
     monkeypatch.setattr(pipeline, "save_image", save)
-    monkeypatch.setattr(Stylizer, "__call__", network)
+    monkeypatch.setattr(Stylizer, "network", network)
     report = apply_files(stylizer, [str(tmp_path)], ApplyConfig(out_dir=str(tmp_path / "out")))
     assert len(report.written) == 4 and all(overlapped)
     assert threads["network"] == {threading.main_thread().name}
@@ -207,7 +209,7 @@ def test_reading_and_writing_overlap_with_the_network(stylizer, tmp_path, monkey
 def test_kill_is_turned_into_a_clean_interrupt():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
-        with _kill_as_interrupt():
+        with kill_as_interrupt():
             os.kill(os.getpid(), signal.SIGTERM)
             threading.Event().wait(5)  # the handler raises here
     assert signal.getsignal(signal.SIGTERM) == before
@@ -228,7 +230,7 @@ def test_huge_photos_go_one_at_a_time(make_model, tmp_path, monkeypatch):
     for i in range(5):
         make_photo(i, 96, 80).save(tmp_path / f"p{i}.png")
     in_memory, counts = set(), []
-    real_load = inference.load_image
+    real_load = inference.read_array
     lock = threading.Lock()
 
     def load(path, *a, **kw):
@@ -236,7 +238,7 @@ def test_huge_photos_go_one_at_a_time(make_model, tmp_path, monkeypatch):
             in_memory.add(Path(path).name)
         return real_load(path, *a, **kw)
 
-    real_call = Stylizer.__call__
+    real_call = Stylizer.network
 
     def network(self, x, *a, **kw):
         y = real_call(self, x, *a, **kw)
@@ -245,8 +247,8 @@ def test_huge_photos_go_one_at_a_time(make_model, tmp_path, monkeypatch):
             in_memory.discard(sorted(in_memory)[0])
         return y
 
-    monkeypatch.setattr(inference, "load_image", load)
-    monkeypatch.setattr(Stylizer, "__call__", network)
+    monkeypatch.setattr(inference, "read_array", load)
+    monkeypatch.setattr(Stylizer, "network", network)
     report = apply_files(s, [str(tmp_path)], ApplyConfig(out_dir=str(tmp_path / "out")))
     assert len(report.written) == 5
     # the first read-ahead is made before any photo's size is known; after that, one ahead at most

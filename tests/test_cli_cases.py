@@ -158,6 +158,23 @@ def test_resume_refuses_to_change_what_makes_the_run(interrupted_run):
     assert_clean_failure(invoke("train", "--resume", ckpt, "--width", 16), "keeps its --width")
 
 
+def test_a_checkpoint_that_records_former_setting_names_resumes_with_them(interrupted_run):
+    """Runs written before the loss weights were *_loss_weight (and all_strengths was strength) keep
+    their settings on resume: settings.RENAMED reads the old names."""
+    from stylize.settings import RENAMED
+
+    _, ckpt = interrupted_run
+    rec = modelfile.load(ckpt)
+    rec["train"]["content_loss_weight"] = 2.5
+    rec["train"] = {old: rec["train"].pop(new) for old, new in RENAMED.items()} | rec["train"]
+    modelfile.save(rec, ckpt)
+    result = invoke("train", "--resume", ckpt)
+    assert result.exit_code == 0, result.output
+    train = modelfile.load(ckpt)["train"]
+    assert train["content_loss_weight"] == 2.5 and train["all_strengths"] is True
+    assert not set(RENAMED) & set(train)
+
+
 def test_resume_from_a_model_names_its_own_run_folder(trained):
     result = invoke("train", "--resume", trained.path)
     assert_clean_failure(result, f"{run_dir(trained.path)}/checkpoint.pt")
@@ -256,7 +273,7 @@ def test_a_killed_batch_exits_143(tmp_path, model, monkeypatch):
         make_photo(i).save(tmp_path / f"p{i}.png")
     from stylize.apply.engines.pytorch import Stylizer
 
-    real = Stylizer.run
+    real = Stylizer.network
 
     def kill_at_the_second(self, *a, **kw):
         if len(list((tmp_path / "out").glob("*.png"))) >= 1 or kill_at_the_second.calls:
@@ -265,7 +282,7 @@ def test_a_killed_batch_exits_143(tmp_path, model, monkeypatch):
         return real(self, *a, **kw)
 
     kill_at_the_second.calls = 0
-    monkeypatch.setattr(Stylizer, "run", kill_at_the_second)
+    monkeypatch.setattr(Stylizer, "network", kill_at_the_second)
     result = invoke("apply", tmp_path, "--model", model, "--out-dir", tmp_path / "out")
     assert result.exit_code == 143
     assert "--skip-existing" in result.stderr
@@ -291,7 +308,8 @@ def test_help_texts_read_cleanly():
         undocumented = [p.opts[0] for p in cmd.params if p.param_type_name == "option" and not p.hidden and not p.help]
         assert not undocumented, (command, undocumented)
     train, apply = invoke("train", "--help").stdout, invoke("apply", "--help").stdout
-    for shown in ("--iterations N ", "--lr X ", "--content PATH ", "--device DEVICE ", "--norm NORM "):
+    for shown in ("--iterations N ", "--lr X ", "--content PATH ", "--device DEVICE ", "--norm NORM ",
+                  "--style-loss-weight X ", "--all-strengths / --full-strength-only"):
         assert shown in train, shown
     for shown in ("-m, --model MODEL ", "--style-weight, --strength X ", "--runtime RUNTIME ", "--out-dir PATH "):
         assert shown in apply, shown
@@ -335,6 +353,22 @@ def test_shell_completion_offers_models_devices_and_choices(tmp_path, monkeypatc
     assert complete("stylize serve --runtime o") == ["onnx"]
     assert complete("stylize apply photo.jpg --color-method ") == ["luminance", "match"]
     assert complete("stylize export starry_night --format ") == ["onnx"]
+
+
+def test_former_train_flags_fail_naming_their_new_spelling(tmp_path, style_path):
+    """train's loss weights were --style-weight and so on, and its switch --strength: apply's
+    --style-weight and --strength are the strength in [0, 1], so a script using the old spellings
+    stops with the new one named rather than going on with another meaning."""
+    from stylize.cli.train import RENAMED
+
+    for old, new in RENAMED.items():
+        value = [] if "strength" in old else ["3"]
+        result = invoke("train", "--style", style_path, "--out", tmp_path / "m.pt", old, *value)
+        assert result.exit_code == 2
+        assert_clean_failure(result, f"train {old} is now {new}")
+    result = invoke("train", "--style", style_path, "--out", tmp_path / "m.pt", "--pixel-weight=3")
+    assert_clean_failure(result, "--pixel-loss-weight")
+    assert files_under(tmp_path) == []
 
 
 def test_strength_is_another_name_for_style_weight(tmp_path, model, photo):

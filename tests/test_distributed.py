@@ -21,7 +21,7 @@ from stylize.features import vgg
 from stylize.train.data import CropDataset, batches, content_files
 from stylize.distributed import Shard
 from stylize.errors import StylizeError
-from stylize.apply.engines.pytorch import expand_inputs, output_paths
+from stylize.apply.batch import expand_inputs, output_paths
 from stylize.models.networks import NetConfig, TransformerNet
 from stylize.settings import TrainConfig
 from stylize.train.training import TransformerRecipe, run_dir, train
@@ -35,17 +35,17 @@ BAD = 5  # unreadable photos beside the 6 good ones: some steps find one process
 # sums run in another order (~1e-7 relative at the first step), and Adam divides each gradient by its
 # own running size, so the conv biases that instance norm cancels (their true gradient is 0, their
 # float one is noise) take lr-sized steps of either sign; those reach the losses only through
-# rounding. Measured after 6 iterations: 4e-7 relative here, 5e-5 in a run with --strength; the
+# rounding. Measured after 6 iterations: 4e-7 relative here, 5e-5 in a run with --all-strengths; the
 # model outputs 2e-4 apart. Wrong splits are caught: without the weighting by readable examples the
 # losses are 2e-2 off at the third step; processes each given the whole batch count its unreadable
-# photos twice (and with --strength are 1e-2 off at the first step).
+# photos twice (and with --all-strengths are 1e-2 off at the first step).
 RTOL = 1e-3
-# The runs are trained without --strength: with unreadable photos the per-example draws fall to other
+# The runs are trained --full-strength-only: with unreadable photos the per-example draws fall to other
 # examples in each process (README); the draws' split is tested in one process below.
 # Gram, not the sliced loss that `random` defaults to: sorting makes its gradient jump where two
 # projections swap ranks, so the rounding noise above grows to 1e-3 within 8 steps (measured).
 TRAIN_ARGS = ["--width", "4", "--image-size", "32", "--style-size", "64", "--loss-net", "random", "--device", "cpu",
-              "--checkpoint-every", "0", "--sample-every", "1000", "--workers", "0", "--seed", "0", "--no-strength",
+              "--checkpoint-every", "0", "--sample-every", "1000", "--workers", "0", "--seed", "0", "--full-strength-only",
               "--style-loss", "gram", "--lr-schedule", "constant", "--content-size", "0"]
 
 pytestmark = pytest.mark.slow  # every test here takes seconds (processes, ONNX exports): CI runs them
@@ -102,7 +102,7 @@ def one(tmp_path_factory, content, style_path):
             shutil.copy(p.path, kept)
 
     cfg = TrainConfig(style=[str(style_path)], content=str(content), out=str(tmp / "model.pt"), width=4,
-                      strength=False, iterations=N + 2, batch_size=2, image_size=32, style_size=64,
+                      all_strengths=False, iterations=N + 2, batch_size=2, image_size=32, style_size=64,
                       loss_net="random", style_loss="gram", device="cpu", checkpoint_every=N, sample_every=1000,
                       workers=0, seed=0, lr_schedule="constant", content_size=0)
     with pytest.MonkeyPatch.context() as mp:

@@ -370,22 +370,23 @@ def test_a_photo_is_freed_before_its_output_is_written(tmp_path, monkeypatch):
     import weakref
 
     from stylize.apply import batch as pipeline
+    from stylize.apply.recipe import Look
     from stylize.settings import ApplyConfig
 
     photos = {}
 
     class Stylizer:  # every photo over the memory budget: one at a time
-        name, has_strength, budget = "invert", True, 1
+        name, has_strength, budget, apply, multiple, least = "invert", True, 1, {}, 1, 0
 
         def condition(self, *args, **kwargs):
-            return None
+            return Look(np.ones(1, np.float32))
 
         def load(self, path, max_size=None):
             x, alpha = images.read_array(path, max_size, uint8=True)
             photos[Path(path).stem] = weakref.ref(x)
             return x, alpha
 
-        def run(self, x, cond, strength):
+        def network(self, x, look, strength):
             return 255 - x
 
     alive, save = [], pipeline.save_image
@@ -406,15 +407,16 @@ def test_photos_too_big_to_read_side_by_side_are_read_alone(tmp_path, monkeypatc
     import time
 
     from stylize.apply import batch as pipeline
+    from stylize.apply.recipe import Look
     from stylize.settings import ApplyConfig
 
     lock, reading, most = threading.Lock(), [0], [0]
 
     class Stylizer:  # a budget no photo here reaches: read-ahead is limited by the headers alone
-        name, has_strength, budget = "invert", True, 1 << 40
+        name, has_strength, budget, apply, multiple, least = "invert", True, 1 << 40, {}, 1, 0
 
         def condition(self, *args, **kwargs):
-            return None
+            return Look(np.ones(1, np.float32))
 
         def load(self, path, max_size=None):
             with lock:
@@ -425,7 +427,7 @@ def test_photos_too_big_to_read_side_by_side_are_read_alone(tmp_path, monkeypatc
                 reading[0] -= 1
             return images.read_array(path, max_size, uint8=True)
 
-        def run(self, x, cond, strength):
+        def network(self, x, look, strength):
             return 255 - x
 
     for i in range(4):

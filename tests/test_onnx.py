@@ -150,9 +150,9 @@ def test_a_calibrated_model_applies_alike_in_pytorch_and_both_onnx_graphs(cin, t
     photo = np.asarray(make_photo(5, 53, 37), dtype=np.uint8).transpose(2, 0, 1).copy()
     x = torch.from_numpy(photo)
     for specs, strength in ((None, 1.0), (["a=0.3", "c=0.7"], 0.6)):
-        weights = torch_path.condition(specs)
-        want = palette.recolour(plain.run(x, weights, 0.8 * strength).numpy(), colours, weights.numpy(), 0.5 * strength)
-        got = torch_path.run(x, weights, strength).numpy()
+        look = torch_path.condition(specs)
+        want = palette.recolour(plain.run(x, look, 0.8 * strength).numpy(), colours, look.weights, 0.5 * strength)
+        got = torch_path.run(x, look, strength).numpy()
         assert np.array_equal(got, want)
         onnx = general.run(photo, general.condition(specs), strength)
         assert np.abs(onnx.astype(int) - got.astype(int)).max() <= 1

@@ -73,12 +73,30 @@ def test_every_readme_use_line_runs_as_written(tmp_path, monkeypatch, make_model
     assert ran >= 14
 
 
+def test_the_readme_names_train_options_as_they_are():
+    """The `stylize train` synopsis, option by option, against the command's own (the loss weights'
+    renaming left no old spelling behind)."""
+    import re
+
+    import typer
+
+    from stylize.cli import app
+
+    readme = (ROOT / "README.md").read_text()
+    synopsis = readme[readme.index("### Training"):].split("```")[1]
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", synopsis))
+    train = typer.main.get_command(app).commands["train"]
+    options = {o for p in train.params for o in p.opts + p.secondary_opts}
+    assert len(named) >= 30 and named <= options, named - options
+
+
 def test_every_shipped_model_has_its_graph_for_a_fast_first_apply():
     """tools/ship_graphs.py exports them; run it after retraining a shipped model."""
     import sys
 
     sys.path.insert(0, str(ROOT / "tools"))
     from ship_graphs import wanted
+    from stylize.models import modelfile
 
-    missing = [g.name for m in sorted((ROOT / "weights").glob("*.pt")) for g in wanted(m) if not g.exists()]
+    missing = [g.name for m in modelfile.models_in(ROOT / "weights") for g in wanted(m) if not g.exists()]
     assert not missing, f"run python tools/ship_graphs.py: no graph for {missing}"

@@ -146,7 +146,7 @@ def expected(model: Path, photo: Image.Image, strength: float) -> np.ndarray:
     from stylize.apply.engines.pytorch import load_stylizer
 
     s = load_stylizer(model)
-    x = s.wrap(np.asarray(photo.convert("RGB")).transpose(2, 0, 1).copy())
+    x = np.asarray(photo.convert("RGB")).transpose(2, 0, 1).copy()
     return np.asarray(s.run(x, s.condition(None), strength)).transpose(1, 2, 0).astype(np.float32)
 
 

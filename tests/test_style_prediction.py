@@ -15,6 +15,8 @@ from stylize.models import modelfile
 from stylize.cli import app
 from stylize.errors import StylizeError
 from stylize.apply.engines.pytorch import ArbitraryStylizer, load_stylizer
+from stylize.apply.recipe import Request
+from stylize.settings import ApplyConfig
 from stylize.models.networks import NetConfig, TransformerNet
 from stylize.models.norms import Condition
 from stylize.models.style_prediction import MULTIPLE, augment, bake, crop_to_multiple
@@ -306,4 +308,4 @@ def test_a_calibrated_model_applies_its_strength_and_the_paintings_palette(arbit
     matched = s.run(x, s.condition([p0], photo=x, match_color=True), 1.0)
     assert np.array_equal(matched.numpy(), plain.run(x, plain.condition([p0], photo=x, match_color=True), 0.5).numpy())
     with pytest.raises(StylizeError, match="between 0 and 1"):
-        s.run(x, s.condition([p0]), 1.5)
+        Request.of(ApplyConfig(strength=1.5), s)

@@ -29,7 +29,7 @@ def trio(tmp_path_factory, photos_dir, style_path, style_path2):
 
     tmp = tmp_path_factory.mktemp("trio")
     cfg = tiny_config(tmp, photos_dir, [style_path, style_path2], iterations=120, lr=3e-3,
-                      pixel_weight=3 * TrainConfig.style_weight)
+                      pixel_loss_weight=3 * TrainConfig.style_loss_weight)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(tmp / "torch"))
         mp.setenv("STYLIZE_OFFLINE", "1")

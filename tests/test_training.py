@@ -301,6 +301,18 @@ def test_learning_rate_schedules():
     assert {learning_rate(constant, i) for i in range(101)} == {1e-3}
 
 
+def test_settings_recorded_under_their_former_names_are_read():
+    """Model files and checkpoints from before the loss weights were *_loss_weight (and all_strengths
+    was strength) keep what they were trained with."""
+    from stylize.settings import TrainConfig
+
+    old = TrainConfig.from_dict({"content_weight": 3.0, "style_weight": 7.0, "tv_weight": 0.5, "color_weight": 1.0,
+                                 "pixel_weight": 9.0, "strength": False})
+    assert (old.content_loss_weight, old.style_loss_weight, old.tv_loss_weight, old.color_loss_weight,
+            old.pixel_loss_weight, old.all_strengths) == (3.0, 7.0, 0.5, 1.0, 9.0, False)
+    assert TrainConfig.from_dict({}).color_loss_weight == 0.0 and TrainConfig.from_dict({}).network == "johnson"
+
+
 # ---------------------------------------------------------------- jitter (issue 29)
 
 def test_translate_moves_the_picture_and_keeps_its_size():

@@ -42,7 +42,7 @@ MIX = ("starry_night", "composition_vii")  # two palettes far apart, for the mix
 
 
 def shipped() -> list[dict]:
-    return [modelfile.describe(modelfile.load(p)) for p in sorted(modelfile.SHIPPED_DIR.glob("*.pt"))]
+    return [modelfile.describe(modelfile.load(p)) for p in modelfile.models_in(modelfile.SHIPPED_DIR)]
 
 
 def styles_sheet(photos, models) -> Image.Image:

@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=Path(__file__).resolve().parent.parent / "weights")
     args = ap.parse_args()
     keep = set()
-    for model in sorted(args.weights.glob("*.pt")):
+    for model in modelfile.models_in(args.weights):
         for graph in wanted(model):
             keep.add(graph)
             if graph.exists():

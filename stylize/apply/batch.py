@@ -1,10 +1,7 @@
 """Stylizing many files: inputs expanded, outputs named, and a read / stylize / write pipeline.
 
 Torch-free, so that the ONNX Runtime path (onnx_runtime.py) starts without it. A stylizer here is
-anything with `condition(styles, mask, photo, match_color)`, `load(path, max_size) -> (x, alpha)`,
-`load_mask(path, (H, W))`, `run(x, cond, strength) -> image` and `budget` (pixels one pass may
-hold), `name` and `has_strength` (whether strengths other than 1 work); x and the image are
-(3, H, W) torch tensors or numpy arrays, whichever the stylizer uses.
+an engine (recipe.Stylizer); each photo goes through the recipe (recipe.Request.run).
 """
 from __future__ import annotations
 
@@ -19,77 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+
+from stylize.apply.outputs import refuse_inputs
+from stylize.apply.recipe import Request
+from stylize.apply.video import VIDEO_EXTENSIONS, WRITABLE
 from stylize.errors import StylizeError
 from stylize.files import folder_lock, in_use
-from stylize.apply.mixing import check_strength
 from stylize.settings import ApplyConfig
 from stylize.images import HAS_ALPHA, IMAGE_EXTENSIONS, SAVE_FORMATS, UNREADABLE_EXTENSIONS, find_images, frame_count, metadata, pixel_count, save_image
 
 
-MIN_TILE = 64
 # Photos read ahead together may have at most this many pixels by their headers (about 450 MB while
 # they decode); a bigger photo is read alone. Whether a decoded photo is over the network's budget is
 # known only once it is read: this keeps a batch of huge photos from being decoded side by side.
 READ_AHEAD_PIXELS = 64_000_000
-
-
-def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = None,
-                  tile_progress: Callable[[int, int], None] | None = None,
-                  step_progress: Callable[[int, int], None] | None = None):
-    """The stylizer for a request: ONNX Runtime on the CPU where it covers the request (faster start
-    and forward, onnx_runtime.py), else PyTorch (masks, tiles, colour preservation, interpolating
-    paintings, GPUs). `config.runtime` "onnx" refuses what ONNX Runtime does not cover; "torch" never uses it.
-    With `config.optimize`, no model: the optimization (optimize.py), its steps to `step_progress`."""
-    from stylize.apply.engines import graphs, onnx_runtime
-
-    c = config
-    if c.optimize:
-        if c.runtime == "onnx":
-            raise StylizeError("--runtime onnx does not cover --optimize; use --runtime torch or auto")
-        from stylize.apply.engines.optimize import OptimizingStylizer
-        from stylize.settings import OPTIMIZE_SIZE, STYLE_SIZE
-
-        ignored = [flag for flag, given in (("--tile", c.tile), ("--style-size", c.style_size is not None)) if given]
-        if ignored and notice:  # it works at one size, its marks' size with it
-            notice(f"{' and '.join(ignored)} do{'es' * (len(ignored) == 1)} not apply to --optimize: it works at "
-                   f"{OPTIMIZE_SIZE} px (the photo's shorter side), the painting at {STYLE_SIZE['adaptive']} px "
-                   "(its longest)")
-        return OptimizingStylizer(c.optimize, c.device, step_progress)
-
-    def torch_stylizer():
-        from stylize.apply.engines.pytorch import load_stylizer
-
-        return load_stylizer(c.model, c.device, c.style_size, c.tile, c.memory_mb, notice=notice,
-                             tile_progress=tile_progress)
-
-    if c.runtime == "torch" or c.device not in ("auto", "cpu") or (c.device == "auto" and onnx_runtime.accelerator_present()):
-        return torch_stylizer()
-    why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if c.mask else
-           "--tile" if c.tile else "--preserve-color" if c.preserve_color else None)
-    if why is None:
-        default = not c.styles and c.strength == 1.0  # transformer models have a faster graph for it
-        fast = graphs.load(c.model, c.style_size, c.memory_mb, notice, torch_stylizer, default, c.strength)
-        if not isinstance(fast, onnx_runtime.OnnxStylizer) or not (fast.adaptive and c.styles and len(c.styles) > 1):
-            return fast  # (or the PyTorch one, where the ONNX cache cannot be written)
-        why = "style interpolation"
-    if c.runtime == "onnx":
-        raise StylizeError(f"--runtime onnx does not cover {why}; use --runtime torch or auto")
-    return torch_stylizer()
-
-
-def bytes_per_pixel(width: int) -> float:
-    """Peak working memory of one forward pass per input pixel, float32, for a network of `width`.
-
-    Measured on CPU: ~960 B/px at width 32, ~545 at width 16 (about 30 bytes per channel of the
-    first layer); rounded up.
-    """
-    return 32.0 * width + 64.0
-
-
-def budget_pixels(memory_mb: float, width: int) -> int:
-    """How many pixels one forward pass may have within `memory_mb` of working memory; larger images
-    are tiled (tiling.py)."""
-    return max(MIN_TILE * MIN_TILE, int(memory_mb * 2**20 / bytes_per_pixel(width)))
 
 
 def expand_inputs(inputs: list[str], exclude: Path | None = None,
@@ -153,18 +93,9 @@ def output_paths(items: list[tuple[Path, Path]], out: Path | None, out_dir: Path
 
 def _output_suffix(suffix: str) -> str:
     """An input's own format where it can be written, else PNG (photos) or MP4 (video)."""
-    from stylize.apply.video import VIDEO_EXTENSIONS, WRITABLE
-
     if suffix in SAVE_FORMATS or suffix in WRITABLE:
         return suffix
     return ".mp4" if suffix in VIDEO_EXTENSIONS else ".png"
-
-
-def refuse_inputs(outputs: list[Path], inputs: list[Path]) -> None:
-    inputs = {f.resolve() for f in inputs}
-    for p in outputs:
-        if p.resolve() in inputs:
-            raise StylizeError(f"{p}: refusing to overwrite an input; choose another --out or --out-dir")
 
 
 @dataclass
@@ -258,12 +189,12 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], config: A
     still written, then Interrupted is raised with the report.
     """
     c = config or ApplyConfig()
-    styles, strength, mask, max_size, match_color = c.styles, c.strength, c.mask, c.max_size, c.match_color
+    mask, max_size = c.mask, c.max_size
     pairs = inputs if inputs and isinstance(inputs[0], tuple) else plan(inputs, out, Path(c.out_dir))
     pairs = pairs[share[0]::share[1]]  # before stale .part files go: not others'
     items, paths = [(src, None) for src, _ in pairs], [dst for _, dst in pairs]
-    check_strength(strength, stylizer.name, stylizer.has_strength)  # bad requests fail before any file is read
-    stylizer.condition(styles, match_color=match_color)
+    request = Request.of(c, stylizer)  # bad requests fail before any file is read
+    request.condition(stylizer)
     report, t0, lock = ApplyReport(), time.perf_counter(), threading.Lock()
     order = {src: i for i, (src, _) in enumerate(items)}
     big = stylizer.budget
@@ -334,12 +265,7 @@ def apply_files(stylizer, inputs: list[str] | list[tuple[Path, Path]], config: A
                 huge = x.shape[1] * x.shape[2] > big
                 ahead = 1 if huge else workers + 1  # one huge photo in memory at a time, not a queue of them
                 try:
-                    cond = stylizer.condition(styles, m, x, match_color)
-                    y = stylizer.run(x, cond, strength)
-                    if c.preserve_color and not match_color:
-                        from stylize.apply.color import keep_luminance  # torch; the ONNX Runtime path hands colour to torch
-
-                        y = keep_luminance(y, x)
+                    y = request.run(stylizer, x, request.condition(stylizer, x, m))
                 except StylizeError as e:
                     done(src, dst, str(e))
                     continue

@@ -1,39 +1,50 @@
 """Colour preservation (Gatys et al. 2016, "Preserving color in neural artistic style transfer").
 
-luminance: stylize, then keep the output's luminance (Y of YCbCr) with the photo's chroma (CbCr).
+luminance: stylize, then keep the output's luminance (Y of YCbCr) with the photo's chroma (CbCr);
+torch-free (numpy), a step of the recipe (recipe.py) for every engine.
 match: before stylizing, give the style image the photo's colour mean and covariance (palette.py), so
 the style contributes strokes and texture but no new palette (needs a style image: adaptive models).
 """
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 COLOR_METHODS = ("luminance", "match")
-_RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_RGB_TO_YCBCR = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+                         dtype=np.float32)
+_YCBCR_TO_RGB = np.linalg.inv(_RGB_TO_YCBCR)
 
 
-def to_ycbcr(x: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) RGB in [0, 1] -> YCbCr with Cb, Cr centred on 0."""
-    return torch.einsum("ij,jhw->ihw", _RGB_TO_YCBCR.to(x), x)
+def to_ycbcr(x: np.ndarray) -> np.ndarray:
+    """(3, H, W) RGB in [0, 1] -> YCbCr with Cb, Cr centred on 0 (float32)."""
+    return np.einsum("ij,jhw->ihw", _RGB_TO_YCBCR, np.asarray(x, dtype=np.float32))
 
 
-def to_rgb(y: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ij,jhw->ihw", torch.linalg.inv(_RGB_TO_YCBCR).to(y), y)
+def to_rgb(y: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,jhw->ihw", _YCBCR_TO_RGB, y)
 
 
-def keep_luminance(output: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-    """The output's luminance with the photo's chroma (float in [0, 1] or uint8 in; float out)."""
-    output, photo = (t.float() / 255 if t.dtype == torch.uint8 else t for t in (output, photo))
-    y = to_ycbcr(output)
-    y[1:] = to_ycbcr(photo)[1:]
-    return to_rgb(y).clamp(0, 1)
+def keep_luminance(output: np.ndarray, photo: np.ndarray) -> np.ndarray:
+    """The output's luminance with the photo's chroma: (3, H, W) uint8 in, uint8 out."""
+    y = np.empty((3, *output.shape[1:]), np.float32)
+    y[0] = np.einsum("j,jhw->hw", _RGB_TO_YCBCR[0], output.astype(np.float32) / 255)
+    y[1:] = np.einsum("ij,jhw->ihw", _RGB_TO_YCBCR[1:], photo.astype(np.float32) / 255)
+    rgb = to_rgb(y)
+    np.clip(rgb, 0, 1, out=rgb)
+    rgb *= 255
+    return np.rint(rgb, out=rgb).astype(np.uint8)
 
 
-def match_colors(style: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
-    """Linearly map the style's RGB distribution onto the photo's mean and covariance (palette.py)."""
+def match_colors(style, photo):
+    """A style image (3, H, W) torch tensor in [0, 1], linearly mapped onto the photo's colour mean
+    and covariance (palette.py); the photo a tensor or array, uint8 or float in [0, 1]."""
+    import torch
+
     from stylize.apply import palette
 
-    a, b = palette.transfer(palette.stats(style.detach().cpu().double().numpy()),
-                            palette.stats(photo.detach().cpu().double().numpy()))
+    photo = photo.detach().cpu().numpy() if hasattr(photo, "detach") else np.asarray(photo)
+    if photo.dtype == np.uint8:  # as a float photo in [0, 1] would be, to the same statistics
+        photo = photo.astype(np.float32) / 255
+    a, b = palette.transfer(palette.stats(style.detach().cpu().double().numpy()), palette.stats(photo.astype(np.float64)))
     out = torch.einsum("ij,jhw->ihw", torch.from_numpy(a), style.double().cpu()) + torch.from_numpy(b)[:, None, None]
     return out.to(style.dtype).clamp(0, 1).to(style.device)

@@ -1,4 +1,5 @@
-"""Reading --style values into mixing weights, without torch (the ONNX Runtime path uses it too).
+"""Reading --style values into mixing weights, without torch (the ONNX Runtime path uses it too);
+what a strength does is the recipe's (recipe.py).
 
 Trained styles: NAME, INDEX or NAME=W, normalised to sum to 1. Style images (adaptive models): PATH
 or PATH=W, where a file whose own name contains "=" is taken whole.
@@ -69,21 +70,3 @@ def _normalised(weights: list[float]) -> list[float]:
     if total <= 0:
         raise StylizeError("--style weights add up to zero; give at least one a positive weight")
     return [w / total for w in weights]
-
-
-def calibrated(strength: float, apply: dict | None) -> tuple[float, float]:
-    """--style-weight s for a model whose file says how it applies (record["apply"], measured after
-    training; the model card says how): the network's strength condition at s, and the share of the
-    painting's palette the output then takes (palette.recolour). Without it: (s, 0)."""
-    apply = apply or {}
-    return strength * apply.get("full_strength", 1.0), strength * apply.get("palette", 0.0)
-
-
-def check_strength(strength: float, model: str | None = None, conditioned: bool = True) -> None:
-    """--style-weight: a number in [0, 1], and other than 1 only for a model trained for every
-    strength (`conditioned`; AdaIN models always are: it is their alpha)."""
-    if not 0.0 <= strength <= 1.0:  # also refuses nan
-        raise StylizeError(f"--style-weight {strength}: must be between 0 and 1")
-    if strength != 1.0 and not conditioned:
-        raise StylizeError(f"model {model} was trained at full strength only; --style-weight needs a model "
-                           "trained with strength (the default)")

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from stylize.apply import recipe
 from stylize.errors import StylizeError
-from stylize.images import to_pil
-from stylize.apply.engines.pytorch import AdaINStylizer, Stylizer
+from stylize.images import _as_uint8, to_pil
 
 LABEL_HEIGHT = 22
 
@@ -25,9 +24,10 @@ def _label(spec: str) -> str:
     return ",".join(Path(p).stem if "/" in p or "." in p.partition("=")[0] else p for p in spec.split(","))
 
 
-def contact_sheet(stylizer: Stylizer | AdaINStylizer, photo: torch.Tensor, styles: list[str] | None = None,
+def contact_sheet(stylizer: recipe.Stylizer, photo, styles: list[str] | None = None,
                   strengths: list[float] | None = None, columns: int | None = None) -> Image.Image:
-    """The photo, then one tile per (style, strength): rows are styles, columns strengths.
+    """The photo ((3, H, W), uint8 or float in [0, 1], torch or numpy), then one tile per (style,
+    strength), each through the recipe (recipe.run): rows are styles, columns strengths.
 
     styles: names/indices (or NAME=W mixes, given as one comma-joined entry) - all styles by default;
     strengths: default [1.0].
@@ -36,19 +36,26 @@ def contact_sheet(stylizer: Stylizer | AdaINStylizer, photo: torch.Tensor, style
     if not styles:
         raise StylizeError("an adaptive model needs style images: pass --style PAINTING.jpg (repeat for more)")
     strengths = strengths or [1.0]
+    for s in strengths:
+        recipe.check_strength(s, stylizer.name, stylizer.has_strength)
+    photo = _as_uint8(photo)
     photo_tile = (to_pil(photo), "photo")
+
+    def tile(look: recipe.Look, strength: float) -> Image.Image:
+        return to_pil(recipe.run(stylizer, photo, look, strength))
+
     if len(strengths) == 1:  # one row: the photo, then every style
-        rows = [[photo_tile] + [(to_pil(stylizer.run(photo, stylizer.condition(spec.split(",")), strengths[0])),
-                                 _label(spec)) for spec in styles]]
+        rows = [[photo_tile] + [(tile(stylizer.condition(spec.split(",")), strengths[0]), _label(spec))
+                                for spec in styles]]
         if columns:
             flat = rows[0]
             rows = [flat[i:i + columns] for i in range(0, len(flat), columns)]
     else:  # a row per style: the photo (first row only), then the style at each strength
         rows = []
         for r, spec in enumerate(styles):
-            weights = stylizer.condition(spec.split(","))
+            look = stylizer.condition(spec.split(","))
             rows.append([photo_tile if r == 0 else None] +
-                        [(to_pil(stylizer.run(photo, weights, s)), f"{_label(spec)} @ {s:g}") for s in strengths])
+                        [(tile(look, s), f"{_label(spec)} @ {s:g}") for s in strengths])
     return tile_grid(rows)
 
 

@@ -59,6 +59,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from stylize.apply.outputs import refuse_inputs
+from stylize.apply.recipe import Request
 from stylize.errors import StylizeError
 from stylize.files import in_use, temporary
 from stylize.settings import ApplyConfig
@@ -418,8 +420,7 @@ class Steadiness:
 def network_grid(stylizer) -> int:
     """The period in pixels of the grid the network lays its strokes on: its downsampling, 4 for the
     transformer networks, 8 for AdaIN (at the size it works at: steady_frame)."""
-    meta = getattr(stylizer, "meta", None) or {}
-    return meta.get("multiple") or (8 if "adain" in type(stylizer).__name__.lower() else 4)
+    return stylizer.multiple
 
 
 def work_shape(stylizer, height: int, width: int, smooth: float, grid: int) -> tuple[int, int] | None:
@@ -427,7 +428,7 @@ def work_shape(stylizer, height: int, width: int, smooth: float, grid: int) -> t
     shrinks larger frames before its network (scale.py), so they are steadied at that size, less the
     grid, so that a frame padded to the grid is not shrunk a second time (which would move the grid).
     None with smooth 0: each frame exactly as a photo."""
-    side = (getattr(stylizer, "apply", None) or {}).get("work_size")
+    side = stylizer.apply.get("work_size")
     if not smooth or not side:
         return None
     side -= grid
@@ -509,8 +510,6 @@ def remove_stale_parts(dst: Path) -> None:
 def check(src: Path, dst: Path) -> None:
     """What can be refused before any model is loaded: the output's format, the output being the
     input, an input that is not a video. Then the temporaries a killed run into `dst` left go."""
-    from stylize.apply.batch import refuse_inputs
-
     if dst.suffix.lower() not in _OUTPUTS:
         raise StylizeError(f"{dst}: write video as {', '.join(WRITABLE)}")
     refuse_inputs([dst], [src])
@@ -575,17 +574,14 @@ def stylize_video(stylizer, src: str | Path, dst: str | Path, config: ApplyConfi
                   notice: Callable[[str], None] | None = None, measure: bool = False) -> VideoReport:
     """Stylize every frame of `src` into `dst` (.mp4, .m4v, .mov, .mkv, .webm) as `config` asks (styles,
     strength, max_size, colour, smooth: the steadiness) with a stylizer of the file pipeline's
-    interface (pipeline.py). `progress(frames_done)` after each frame; `notice(message)` for what
+    interface (recipe.Stylizer), each frame through the recipe. `progress(frames_done)` after each frame; `notice(message)` for what
     the user should know (a file cut short); `measure`: the report's flicker figures (Flicker).
     Raises StylizeError for what the user can mend; on any failure or interrupt nothing is left at
     `dst`."""
-    from stylize.apply import mixing
-
     src, dst = Path(src), Path(dst)
     c = config or ApplyConfig()
-    styles, strength, max_size, match_color = c.styles, c.strength, c.max_size, c.match_color
     check(src, dst)
-    mixing.check_strength(strength, stylizer.name, stylizer.has_strength)
+    request = Request.of(c, stylizer)
     Steadiness(c.smooth)  # refuses a wrong --smooth before any file is touched
     fmt, vcodec, acodec, copyable = _OUTPUTS[dst.suffix.lower()]
     notice = notice or (lambda message: None)
@@ -599,7 +595,7 @@ def stylize_video(stylizer, src: str | Path, dst: str | Path, config: ApplyConfi
         vin.thread_type = "AUTO"
         ain = inp.streams.audio[0] if inp.streams.audio else None
         out = av.open(tmp, "w", format=fmt, options=_MUXER_OPTIONS.get(fmt, {}))
-        width, height = _size(vin.codec_context.width, vin.codec_context.height, max_size)
+        width, height = _size(vin.codec_context.width, vin.codec_context.height, c.max_size)
         grid = network_grid(stylizer)
         steady, shape = Steadiness(c.smooth, grid), work_shape(stylizer, height, width, c.smooth, grid)
         rate = vin.average_rate or vin.guessed_rate or Fraction(25)
@@ -619,20 +615,10 @@ def stylize_video(stylizer, src: str | Path, dst: str | Path, config: ApplyConfi
 
         def stylize_photo(photo):
             nonlocal cond
-            x = stylizer.wrap(np.ascontiguousarray(photo.transpose(2, 0, 1)))
+            x = np.ascontiguousarray(photo.transpose(2, 0, 1))
             if cond is None:  # once: every frame gets the same styles (and the same painting's colours)
-                cond = stylizer.condition(styles, None, x, match_color)
-            y = stylizer.run(x, cond, strength)
-            if c.preserve_color and not match_color:
-                import torch
-
-                from stylize.apply.color import keep_luminance
-
-                y = keep_luminance(torch.as_tensor(np.asarray(y)), torch.as_tensor(np.asarray(x)))
-            y = np.asarray(y)
-            if y.dtype != np.uint8:  # float in [0, 1]: the AdaIN path, colour preservation
-                y = np.round(np.clip(y, 0, 1) * 255).astype(np.uint8)
-            return np.ascontiguousarray(y.transpose(1, 2, 0))
+                cond = request.condition(stylizer, x)
+            return np.ascontiguousarray(request.run(stylizer, x, cond).transpose(1, 2, 0))
 
         def write_frame(frame):
             nonlocal last_pts, last_time, rotated

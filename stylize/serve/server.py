@@ -3,8 +3,8 @@
 Starlette (the toolkit FastAPI is built on) serves it under uvicorn; both are small and well kept,
 and nothing here needs FastAPI's validation layer. The page sends a photo, a shipped style or a
 painting, and a strength; the server answers with a job, runs the jobs one at a time in a worker
-thread through the same file pipeline as `stylize apply` (pipeline.apply_files), and the page polls
-the job for its progress and then shows and offers the result.
+thread through the same file pipeline and recipe as `stylize apply` (batch.apply_files, recipe.py),
+and the page polls the job for its progress and then shows and offers the result.
 
 What it refuses, each with a one-line message: a request over `max_upload_mb`, counted while it
 streams (413, also without a Content-Length); a photo or painting over `max_megapixels`, read from the
@@ -155,7 +155,7 @@ class Studio:
         upload's spooled file); only their headers are read here. Raises StylizeError for a bad
         request, TooLarge over the budgets, Busy when the queue is full. `replaces`: a job id whose
         picture is no longer wanted (dropped if it has not started)."""
-        from stylize.apply.mixing import check_strength
+        from stylize.apply.recipe import check_strength
 
         check_strength(strength)
         if style not in self.choices():
@@ -220,7 +220,7 @@ class Studio:
 
     def _stylizer(self, model: str, styles, strength: float):
         """(key, stylizer): an open one, marked recently used, or a new one."""
-        from stylize.apply.batch import open_stylizer
+        from stylize.apply.choose import open_stylizer
 
         key = (model, not styles and strength == 1.0)  # the default graph only serves full strength
         if key in self._stylizers:
@@ -575,5 +575,5 @@ def default_models() -> list[str]:
     from stylize.models import modelfile
 
     shipped = modelfile._shipped_dir()
-    names = sorted(p.stem for p in shipped.glob("*.pt"))
+    names = sorted(p.stem for p in modelfile.models_in(shipped))
     return [n for n in names if n != DEFAULT_ADAPTIVE_MODEL] + ([DEFAULT_ADAPTIVE_MODEL] if DEFAULT_ADAPTIVE_MODEL in names else [])

@@ -14,7 +14,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 import torch
 
@@ -85,9 +85,9 @@ def jitter(cfg: TrainConfig, draws: torch.Generator) -> tuple[int, int, int] | N
 
 
 def loss_weights(cfg: TrainConfig) -> dict[str, float]:
-    """The perceptual loss's term weights (losses.PerceptualLoss); the pixel term only with strength."""
-    return {"content": cfg.content_weight, "style": cfg.style_weight, "tv": cfg.tv_weight,
-            "pixel": cfg.pixel_weight if cfg.strength else 0.0, "color": cfg.color_weight}
+    """The perceptual loss's term weights (losses.PerceptualLoss); the pixel term only with all_strengths."""
+    return {"content": cfg.content_loss_weight, "style": cfg.style_loss_weight, "tv": cfg.tv_loss_weight,
+            "pixel": cfg.pixel_loss_weight if cfg.all_strengths else 0.0, "color": cfg.color_loss_weight}
 
 
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
@@ -128,7 +128,7 @@ def _sample_photos(files: list[Path], size: int, count: int = 4) -> torch.Tensor
 
 
 @torch.no_grad()
-def save_samples(recipe, photos: torch.Tensor, path: Path) -> Path:
+def save_samples(recipe: Recipe, photos: torch.Tensor, path: Path) -> Path:
     """A grid: one row per fixed photo; the photo, then each style (up to 6) at full strength."""
     from torchvision.utils import make_grid
 
@@ -204,6 +204,39 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+class Recipe(Protocol):
+    """What the loop needs of a way of training (TransformerRecipe, AdaINRecipe, PredictionRecipe)."""
+    net: torch.nn.Module  # what the model file holds
+    model: torch.nn.Module  # what step() runs, the trained part: train() wraps it for several processes (DDP)
+    names: list[str]  # the model's styles; none for a model of any painting
+
+    def step(self, x: torch.Tensor | None, draws: torch.Generator) -> tuple[dict | None, int]:
+        """The loss terms of this process's share of the batch (None for a batch none of which could be
+        read), and how many examples they average. Draws from `draws` whether or not `x` is None, so
+        that a resumed run stays in step."""
+
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups; a group's "lr_scale" multiplies the learning rate."""
+
+    def samples(self, photos: torch.Tensor) -> list[torch.Tensor]:
+        """The sample grid's columns: the photos in up to 6 styles."""
+
+    def record(self, half: bool) -> dict:
+        """The model file's record (modelfile.py), its weights in half precision if `half`."""
+
+    def load(self, ckpt: dict) -> None:
+        """The weights of a record (a checkpoint or, with --init, a model file)."""
+
+
+def trainable(net: torch.nn.Module) -> list[dict]:
+    """One parameter group: every parameter that trains, at the run's rate."""
+    return [{"params": [p for p in net.parameters() if p.requires_grad]}]
+
+
+def recipe_for(cfg: TrainConfig) -> Callable[..., Recipe]:
+    return TransformerRecipe if cfg.norm != "adaptive" else AdaINRecipe if cfg.network == "adain" else PredictionRecipe
+
+
 class TransformerRecipe:
     """Johnson et al.: a transformer network for a fixed set of styles (IN, CIN and the other norms)."""
 
@@ -212,7 +245,7 @@ class TransformerRecipe:
         names, images = zip(*[load_style(p, cfg.style_size) for p in style_files(cfg.style)])
         self.names, self.cfg, self.device, self.shard = list(names), cfg, device, shard
         norm = "conditional" if cfg.norm == "instance" and len(names) > 1 else cfg.norm
-        self.net = TransformerNet(NetConfig(norm, len(names), cfg.strength, cfg.width, cfg.network,
+        self.net = TransformerNet(NetConfig(norm, len(names), cfg.all_strengths, cfg.width, cfg.network,
                                             output=cfg.output)).to(device)
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
@@ -232,14 +265,14 @@ class TransformerRecipe:
         """The loss terms of this process's share of the batch, and how many examples they average."""
         b, n_styles = self.cfg.batch_size, len(self.names)  # the whole batch, over every process
         style_index = torch.randint(n_styles, (b,), generator=draws)  # drawn even for a skipped batch,
-        strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # so resume stays in step
+        strength = sample_strengths(b, draws) if self.cfg.all_strengths else torch.ones(b)  # so resume stays in step
         directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
         shift = jitter(self.cfg, draws)
         if x is None:
             return None, 0
         style_index, strength = self.shard.part(style_index), self.shard.part(strength)
         si, st = speed.to_device(style_index[:len(x)], self.device), speed.to_device(strength[:len(x)], self.device)
-        cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.strength else None)
+        cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.all_strengths else None)
         y = self.model(x, cond)
         return self.loss(y, x, si, st, self.weights, directions, shift=shift), len(x)
 
@@ -253,7 +286,7 @@ class TransformerRecipe:
         tables = [p for m in self.net.norms() for p in (m.affine.weight, m.affine.bias)
                   if p is not None and p.requires_grad]
         if len(self.names) < 2 or self.cfg.style_lr_scale == 1.0 or not tables:
-            return [{"params": [p for p in self.net.parameters() if p.requires_grad]}]
+            return trainable(self.net)
         ids = {id(p) for p in tables}
         return [{"params": [p for p in self.net.parameters() if p.requires_grad and id(p) not in ids]},
                 {"params": tables, "lr_scale": self.cfg.style_lr_scale}]
@@ -322,8 +355,8 @@ class AdaINRecipe:
                          for k in fs) / len(fs),
             "tv": total_variation(y).mean(),
         }
-        terms["total"] = (self.cfg.content_weight * terms["content"] + self.cfg.style_weight * terms["style"]
-                          + self.cfg.tv_weight * terms["tv"])
+        terms["total"] = (self.cfg.content_loss_weight * terms["content"] + self.cfg.style_loss_weight * terms["style"]
+                          + self.cfg.tv_loss_weight * terms["tv"])
         return terms, 0 if stand_in else n
 
     @torch.no_grad()
@@ -340,6 +373,9 @@ class AdaINRecipe:
         rec = model_record(self.net, self.cfg, self.names, half)
         rec.update(kind="adain", net=self.net.cfg.to_dict())
         return rec
+
+    def param_groups(self) -> list[dict]:
+        return trainable(self.net)  # the decoder: the encoder is VGG's, fixed
 
     def load(self, ckpt: dict) -> None:
         self.net.load_state_dict(ckpt["state_dict"])
@@ -366,7 +402,7 @@ class PredictionRecipe:
             probe = self.loss.net(torch.zeros(1, 3, 64, 64, device=device))
         pcfg = PredictorConfig(cfg.loss_net, tuple(cfg.style_layers), tuple(probe[l].shape[1] for l in cfg.style_layers),
                                cfg.style_dim, cfg.style_size)
-        transformer = TransformerNet(NetConfig("adaptive", 1, cfg.strength, cfg.width, cfg.network, cfg.style_dim,
+        transformer = TransformerNet(NetConfig("adaptive", 1, cfg.all_strengths, cfg.width, cfg.network, cfg.style_dim,
                                                cfg.output))
         self.net = ArbitraryNet(transformer, StylePredictor(pcfg)).to(device)
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
@@ -383,17 +419,17 @@ class PredictionRecipe:
         b = self.cfg.batch_size
         index = int(torch.randint(len(self.paintings), (1,), generator=draws))
         painting = augment(self.paintings[index], self.cfg.style_size, draws)  # drawn even for a skipped
-        strength = sample_strengths(b, draws) if self.cfg.strength else torch.ones(b)  # batch: resume stays in step
+        strength = sample_strengths(b, draws) if self.cfg.all_strengths else torch.ones(b)  # batch: resume stays in step
         features = self.features(painting)
         self.loss.set_style_features([features])
-        if self.cfg.color_weight:
+        if self.cfg.color_loss_weight:
             self.loss.set_colors([painting.to(self.device)])
         directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
         shift = jitter(self.cfg, draws)
         if x is None:
             return None, 0
         strength = speed.to_device(self.shard.part(strength)[:len(x)], self.device)
-        y = self.model(x, features, strength if self.cfg.strength else None)
+        y = self.model(x, features, strength if self.cfg.all_strengths else None)
         return self.loss(y, x, None, strength, self.weights, directions, shift=shift), len(x)
 
     @torch.no_grad()
@@ -441,7 +477,7 @@ def init_settings(cfg: TrainConfig) -> TrainConfig:
     if rec.get("kind") == "adain":
         return replace(cfg, norm="adaptive", network="adain", width=rec["net"]["width"])
     net = NetConfig(**rec["net"])
-    cfg = replace(cfg, norm=net.norm, network=net.network, width=net.width, strength=net.strength,
+    cfg = replace(cfg, norm=net.norm, network=net.network, width=net.width, all_strengths=net.strength,
                   output=net.output, style_dim=net.style_dim or cfg.style_dim)
     if "predictor" in rec:
         p = rec["predictor"]
@@ -449,7 +485,7 @@ def init_settings(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def start_from(recipe, path: str) -> None:
+def start_from(recipe: Recipe, path: str) -> None:
     """--init: begin with the weights of a model file (fine-tuning) instead of random ones."""
     rec = modelfile.load(path)
     if _network_of(rec) != _network_of(recipe.record(half=False)):  # e.g. another number of styles
@@ -460,9 +496,9 @@ def start_from(recipe, path: str) -> None:
 # What a resumed run may change (--lr, the loss weights, --iterations to extend it, where it writes);
 # the rest (network, styles, photos, loss network...) would make it another run. A model for any
 # painting may also go on with more paintings (train()).
-RESUMABLE = ("iterations", "out", "content", "lr", "lr_schedule", "style_lr_scale", "content_weight", "style_weight",
-             "tv_weight", "color_weight", "pixel_weight", "device", "checkpoint_every", "sample_every",
-             "workers", "levers")
+RESUMABLE = ("iterations", "out", "content", "lr", "lr_schedule", "style_lr_scale", "content_loss_weight",
+             "style_loss_weight", "tv_loss_weight", "color_loss_weight", "pixel_loss_weight", "device",
+             "checkpoint_every", "sample_every", "workers", "levers")
 
 
 def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
@@ -479,25 +515,7 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
     progress = progress or (lambda p: None)
     ckpt = None
     if resume is not None:
-        ckpt = modelfile.load(resume)
-        if "optimizer" not in ckpt:
-            raise StylizeError(f"{resume}: a finished model, not a checkpoint; resume from "
-                               f"{run_dir(Path(resume))}/checkpoint.pt")
-        run = TrainConfig.from_dict(ckpt["train"])
-        given = {"iterations"} if overrides is None else set(overrides)
-        # a model for any painting has no per-painting weights: it may go on with more paintings
-        resumable = set(RESUMABLE) | ({"style"} if run.norm == "adaptive" else set())
-        fixed = sorted(k for k in given - resumable if getattr(cfg, k) != getattr(run, k))
-        if fixed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
-            raise StylizeError(f"{resume}: a resumed run keeps its {flags}; start a new run to change that")
-        cfg = replace(run, **{k: getattr(cfg, k) for k in given & resumable})
-        folder = Path(resume).resolve().parent
-        if "out" not in given and folder.name == run_dir(run.out).name:
-            cfg = replace(cfg, out=str(folder.with_name(Path(run.out).name)))  # beside its run folder, from any cwd
-        if cfg.iterations <= ckpt["iteration"]:
-            raise StylizeError(f"{resume}: the run is already at iteration {ckpt['iteration']} of {cfg.iterations}; "
-                               f"pass --iterations N (over {ckpt['iteration']}) to train it further")
+        cfg, ckpt = _resumed(cfg, resume, overrides)
     elif cfg.init:
         cfg = init_settings(cfg)
     if cfg.norm not in NORMS:
@@ -528,128 +546,183 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         return _train(cfg, progress, ckpt, levers, shard)
 
 
+def _resumed(cfg: TrainConfig, resume: str | Path, overrides: Iterable[str] | None) -> tuple[TrainConfig, dict]:
+    """A checkpoint's settings, with those of cfg named in `overrides`, and the checkpoint."""
+    ckpt = modelfile.load(resume)
+    if "optimizer" not in ckpt:
+        raise StylizeError(f"{resume}: a finished model, not a checkpoint; resume from "
+                           f"{run_dir(Path(resume))}/checkpoint.pt")
+    run = TrainConfig.from_dict(ckpt["train"])
+    given = {"iterations"} if overrides is None else set(overrides)
+    # a model for any painting has no per-painting weights: it may go on with more paintings
+    resumable = set(RESUMABLE) | ({"style"} if run.norm == "adaptive" else set())
+    fixed = sorted(k for k in given - resumable if getattr(cfg, k) != getattr(run, k))
+    if fixed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise StylizeError(f"{resume}: a resumed run keeps its {flags}; start a new run to change that")
+    cfg = replace(run, **{k: getattr(cfg, k) for k in given & resumable})
+    folder = Path(resume).resolve().parent
+    if "out" not in given and folder.name == run_dir(run.out).name:
+        cfg = replace(cfg, out=str(folder.with_name(Path(run.out).name)))  # beside its run folder, from any cwd
+    if cfg.iterations <= ckpt["iteration"]:
+        raise StylizeError(f"{resume}: the run is already at iteration {ckpt['iteration']} of {cfg.iterations}; "
+                           f"pass --iterations N (over {ckpt['iteration']}) to train it further")
+    return cfg, ckpt
+
+
 def _train(cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | None, levers: Iterable[str] | None,
            shard: distributed.Shard) -> Path:
-    device = shard.device
-    if ckpt is None and shard.world > 1:  # --batch-size is per process; the run records its whole batch
-        cfg = replace(cfg, batch_size=cfg.batch_size * shard.world)
-    if cfg.batch_size % shard.world:
-        raise StylizeError(f"this run's batch of {cfg.batch_size} does not split evenly over {shard.world} "
-                           "processes; resume it with a number of processes that divides it")
-    progress = progress if shard.lead else (lambda p: None)  # the lead reports for all
-    files = content_files(cfg.content)
-    start = ckpt["iteration"] if ckpt is not None else 0
-    levers = speed.parse_levers(cfg.levers, device) if levers is None else speed.check_levers(levers)
-    speed.apply_global(levers)
+    run = _Run(cfg, progress, ckpt, levers, shard)
+    return run.finish(run.loop())
 
-    torch.manual_seed(cfg.seed)
-    recipe = (TransformerRecipe if cfg.norm != "adaptive" else AdaINRecipe if cfg.network == "adain"
-              else PredictionRecipe)(cfg, device, start, levers, shard)
-    net = recipe.net
-    groups = recipe.param_groups() if hasattr(recipe, "param_groups") else [
-        {"params": [p for p in net.parameters() if p.requires_grad]}]
-    opt = torch.optim.Adam(groups, lr=cfg.lr, fused=True if "fused_adam" in levers else None)
-    draws = torch.Generator().manual_seed(cfg.seed + 1)  # style and strength per example
-    history = []
-    if ckpt is None and cfg.init:
-        start_from(recipe, cfg.init)
-    if ckpt is not None:
-        recipe.load(ckpt)
+
+class _Run:
+    """One process's part of a run, in its steps: set-up (fresh, from --init, or from a checkpoint),
+    the loop, its iterations, checkpoints, the finish. train() has checked the settings."""
+
+    def __init__(self, cfg: TrainConfig, progress: Callable[[Progress], None], ckpt: dict | None,
+                 levers: Iterable[str] | None, shard: distributed.Shard):
+        device = self.device = shard.device
+        if ckpt is None and shard.world > 1:  # --batch-size is per process; the run records its whole batch
+            cfg = replace(cfg, batch_size=cfg.batch_size * shard.world)
+        if cfg.batch_size % shard.world:
+            raise StylizeError(f"this run's batch of {cfg.batch_size} does not split evenly over {shard.world} "
+                               "processes; resume it with a number of processes that divides it")
+        self.cfg, self.shard = cfg, shard
+        self.progress = progress if shard.lead else (lambda p: None)  # the lead reports for all
+        self.files = content_files(cfg.content)
+        self.start = self.it = ckpt["iteration"] if ckpt is not None else 0
+        self.levers = speed.parse_levers(cfg.levers, device) if levers is None else speed.check_levers(levers)
+        speed.apply_global(self.levers)
+
+        torch.manual_seed(cfg.seed)
+        self.recipe: Recipe = recipe_for(cfg)(cfg, device, self.start, self.levers, shard)
+        groups = self.recipe.param_groups()
+        self.opt = torch.optim.Adam(groups, lr=cfg.lr, fused=True if "fused_adam" in self.levers else None)
+        self.draws = torch.Generator().manual_seed(cfg.seed + 1)  # style and strength per example
+        self.history: list[dict] = []
+        if ckpt is None and cfg.init:
+            start_from(self.recipe, cfg.init)
+        if ckpt is not None:
+            self.restore(ckpt, groups)
+        self.recipe.model = shard.wrap(self.recipe.model)  # several processes: DDP averages their gradients
+
+        self.folder = run_dir(cfg.out)
+        (self.folder / "samples").mkdir(parents=True, exist_ok=True)
+        self.photos = _sample_photos(self.files, max(cfg.image_size, cfg.content_size))  # at the scale the crops see
+        self.skipped = 0  # unreadable photos met
+        self.t0 = time.perf_counter() - (self.history[-1]["seconds"] if self.history else 0.0)
+        # the run's photo loader (data.batches), which its checkpoints record; a checkpoint from before
+        # they did resumes on the stream it began with: gpu_data's crops were the cache's, others decoded
+        self.loader = ckpt.get("loader") if ckpt is not None else None
+        if self.loader is None:
+            self.loader = pick_loader(self.files, max(cfg.image_size, cfg.content_size), self.notice) \
+                if ckpt is None else "cache" if "gpu_data" in self.levers else "decode"
+
+    def restore(self, ckpt: dict, groups: list[dict]) -> None:
+        """Resume: the weights, optimizer, draws and loss history as the checkpoint left them."""
+        self.recipe.load(ckpt)
         try:
-            opt.load_state_dict(ckpt["optimizer"])
+            self.opt.load_state_dict(ckpt["optimizer"])
         except ValueError:  # the parameter groups differ: a CIN run's style_lr_scale went to or from 1
             raise StylizeError("this run's parameter groups differ from its checkpoint's; resume it with its "
                                f"own style_lr_scale ({ckpt['train'].get('style_lr_scale', 1.0)})") from None
-        for group, setting in zip(opt.param_groups, groups):  # the state brings back its own rates' scales
+        for group, setting in zip(self.opt.param_groups, groups):  # the state brings back its own rates' scales
             group["lr_scale"] = setting.get("lr_scale", 1.0)
-        draws.set_state(ckpt["rng"]["draws"])
-        history = list(ckpt["history"])
-    recipe.model = shard.wrap(recipe.model)  # several processes: DDP averages their gradients
+        self.draws.set_state(ckpt["rng"]["draws"])
+        self.history = list(ckpt["history"])
 
-    folder = run_dir(cfg.out)
-    (folder / "samples").mkdir(parents=True, exist_ok=True)
-    photos = _sample_photos(files, max(cfg.image_size, cfg.content_size))  # at the scale the crops see
-    amp = "bf16" in levers
-    workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
-    skipped, it = 0, start
-    notice = lambda line: progress(Progress(start, cfg.iterations, {}, 0, "loss_net", note=line))  # noqa: E731
-    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    def notice(self, line: str) -> None:
+        self.progress(Progress(self.start, self.cfg.iterations, {}, 0, "loss_net", note=line))
 
-    # the run's photo loader (data.batches), which its checkpoints record; a checkpoint from before
-    # they did resumes on the stream it began with: gpu_data's crops were the cache's, others decoded
-    kind = ckpt.get("loader") if ckpt is not None else None
-    if kind is None:
-        kind = pick_loader(files, max(cfg.image_size, cfg.content_size), notice) if ckpt is None else \
-            "cache" if "gpu_data" in levers else "decode"
+    def loop(self) -> _StopFlag:
+        """Iterations to the run's end, or to the one after a Ctrl-C or kill; the flag says which."""
+        cfg, device, shard = self.cfg, self.device, self.shard
+        workers = cfg.workers if cfg.workers >= 0 else (4 if device.type == "cuda" else 0)
+        self.recipe.net.train()
+        with _StopFlag() as flag:
+            loader = batches(self.files, cfg.image_size, cfg.batch_size, cfg.seed, self.start, cfg.iterations, workers,
+                             pin=device.type == "cuda", device=device, rank=shard.rank, world=shard.world,
+                             content_size=cfg.content_size, loader=self.loader, host_crops="gpu_data" not in self.levers,
+                             notice=self.notice)
+            for x, bad in loader:
+                self.report(self.iteration(x, bad))
+                if shard.any(flag.stop):  # all processes stop after the same iteration
+                    break
+        return flag
 
-    def checkpoint() -> Path:
-        rec = recipe.record(half=False)
-        rec.update(optimizer=opt.state_dict(), iteration=it, history=history,
-                   rng={"draws": draws.get_state()}, loader=kind)
-        path = modelfile.save(rec, folder / "checkpoint.pt")
-        write_log(history, folder)
+    def iteration(self, x: torch.Tensor | None, bad: int) -> dict:
+        """One step of the optimizer on a batch (none for a batch of only unreadable photos); its log row."""
+        cfg, shard = self.cfg, self.shard
+        stand_in = x is None and shard.world > 1  # every process takes part in a step (DDP): when none
+        if stand_in:  # of its share could be read, with a sample photo weighted 0
+            x = self.photos[:1]
+        if x is not None:
+            x = x.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled="bf16" in self.levers):
+            terms, used = self.recipe.step(x, self.draws)
+        used = 0 if stand_in else used
+        if shard.world == 1:  # no need to wait for the losses to know the step's examples
+            n = used
+        else:
+            n, bad, means = shard.average(terms or {}, used, bad)  # over every process's examples
+        self.skipped += bad
+        if n:
+            for group in self.opt.param_groups:
+                group["lr"] = learning_rate(cfg, self.it) * group.get("lr_scale", 1.0)
+            self.opt.zero_grad(set_to_none=True)
+            # DDP averages the processes' gradients; weighting each by its examples makes that the
+            # mean over all the batch's examples, as one process would have it (the weight is 1 then)
+            (terms["total"] * (used * shard.world / n)).backward()
+            self.opt.step()
+            if shard.world == 1:  # the log line's numbers: one copy, once the whole step is queued
+                means = speed.host_values(terms)
+        else:  # a batch of only unreadable files is skipped
+            means = {"total": float("nan")}
+        self.it += 1
+        row = {"iteration": self.it, **means, "seconds": round(time.perf_counter() - self.t0, 3)}
+        self.history.append(row)
+        return row
+
+    def report(self, row: dict) -> None:
+        """The iteration's progress, and its sample grid and checkpoint when they are due."""
+        cfg, it, lead = self.cfg, self.it, self.shard.lead
+        self.progress(Progress(it, cfg.iterations, row, self.skipped))
+        if lead and ((cfg.sample_every and it % cfg.sample_every == 0) or it == cfg.iterations):
+            path = save_samples(self.recipe, self.photos.to(self.device), self.folder / "samples" / f"iter_{it:06d}.jpg")
+            self.progress(Progress(it, cfg.iterations, row, self.skipped, "sample", path))
+        if lead and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
+            self.progress(Progress(it, cfg.iterations, row, self.skipped, "checkpoint", self.checkpoint()))
+
+    def checkpoint(self) -> Path:
+        rec = self.recipe.record(half=False)
+        rec.update(optimizer=self.opt.state_dict(), iteration=self.it, history=self.history,
+                   rng={"draws": self.draws.get_state()}, loader=self.loader)
+        path = modelfile.save(rec, self.folder / "checkpoint.pt")
+        write_log(self.history, self.folder)
         return path
 
-    net.train()
-    with _StopFlag() as flag:
-        loader = batches(files, cfg.image_size, cfg.batch_size, cfg.seed, start, cfg.iterations, workers,
-                         pin=device.type == "cuda", device=device, rank=shard.rank, world=shard.world,
-                         content_size=cfg.content_size, loader=kind, host_crops="gpu_data" not in levers,
-                         notice=notice)
-        for x, bad in loader:
-            stand_in = x is None and shard.world > 1  # every process takes part in a step (DDP): when none
-            if stand_in:  # of its share could be read, with a sample photo weighted 0
-                x = photos[:1]
-            if x is not None:
-                x = x.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                terms, used = recipe.step(x, draws)
-            used = 0 if stand_in else used
-            if shard.world == 1:  # no need to wait for the losses to know the step's examples
-                n = used
-            else:
-                n, bad, means = shard.average(terms or {}, used, bad)  # over every process's examples
-            skipped += bad
-            if n:
-                for group in opt.param_groups:
-                    group["lr"] = learning_rate(cfg, it) * group.get("lr_scale", 1.0)
-                opt.zero_grad(set_to_none=True)
-                # DDP averages the processes' gradients; weighting each by its examples makes that the
-                # mean over all the batch's examples, as one process would have it (the weight is 1 then)
-                (terms["total"] * (used * shard.world / n)).backward()
-                opt.step()
-                if shard.world == 1:  # the log line's numbers: one copy, once the whole step is queued
-                    means = speed.host_values(terms)
-            else:  # a batch of only unreadable files is skipped
-                means = {"total": float("nan")}
-            it += 1
-            row = {"iteration": it, **means, "seconds": round(time.perf_counter() - t0, 3)}
-            history.append(row)
-            progress(Progress(it, cfg.iterations, row, skipped))
-            if shard.lead and ((cfg.sample_every and it % cfg.sample_every == 0) or it == cfg.iterations):
-                path = save_samples(recipe, photos.to(device), folder / "samples" / f"iter_{it:06d}.jpg")
-                progress(Progress(it, cfg.iterations, row, skipped, "sample", path))
-            if shard.lead and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
-                progress(Progress(it, cfg.iterations, row, skipped, "checkpoint", checkpoint()))
-            if shard.any(flag.stop):  # all processes stop after the same iteration
-                break
-    if it < cfg.iterations:
-        path = checkpoint() if shard.lead else folder / "checkpoint.pt"
-        shard.barrier()  # no process reports the checkpoint before it is written
-        raise Interrupted(path, it, flag.signum)
-    if not shard.lead:
-        shard.barrier()  # returns once the lead has written the model
-        return Path(cfg.out)
-    if not all(torch.isfinite(p).all() for p in net.parameters()):
-        raise StylizeError(f"training diverged: the network's weights are no longer finite numbers; {cfg.out} "
-                           f"not written (the last checkpoint is in {folder}); try a smaller --lr")
-    checkpoint()
-    rec = recipe.record(half=True)
-    last = [h for h in history[-max(1, len(history) // 20):] if h["total"] == h["total"]] or history[-1:]
-    rec["metrics"] = {k: sum(h.get(k, float("nan")) for h in last) / len(last)
-                      for k in last[0] if k not in ("iteration", "seconds")}
-    rec["metrics"]["skipped_photos"] = skipped
-    rec["iteration"] = it
-    path = modelfile.save(rec, cfg.out)
-    shard.barrier()
-    return path
+    def finish(self, flag: _StopFlag) -> Path:
+        """The model file (the lead writes it; the others wait for it), or, stopped early, Interrupted
+        with the checkpoint to resume from."""
+        cfg, shard, it, history = self.cfg, self.shard, self.it, self.history
+        if it < cfg.iterations:
+            path = self.checkpoint() if shard.lead else self.folder / "checkpoint.pt"
+            shard.barrier()  # no process reports the checkpoint before it is written
+            raise Interrupted(path, it, flag.signum)
+        if not shard.lead:
+            shard.barrier()  # returns once the lead has written the model
+            return Path(cfg.out)
+        if not all(torch.isfinite(p).all() for p in self.recipe.net.parameters()):
+            raise StylizeError(f"training diverged: the network's weights are no longer finite numbers; {cfg.out} "
+                               f"not written (the last checkpoint is in {self.folder}); try a smaller --lr")
+        self.checkpoint()
+        rec = self.recipe.record(half=True)
+        last = [h for h in history[-max(1, len(history) // 20):] if h["total"] == h["total"]] or history[-1:]
+        rec["metrics"] = {k: sum(h.get(k, float("nan")) for h in last) / len(last)
+                          for k in last[0] if k not in ("iteration", "seconds")}
+        rec["metrics"]["skipped_photos"] = self.skipped
+        rec["iteration"] = it
+        path = modelfile.save(rec, cfg.out)
+        shard.barrier()
+        return path

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from stylize import __version__
-from stylize.apply import mixing
+from stylize.apply import recipe
+from stylize.apply.engines.onnx_runtime import GRAPH_VERSION
 from stylize.models import modelfile
 from stylize.errors import StylizeError
 from stylize.files import atomic_write
@@ -44,17 +45,17 @@ class _Transformer(nn.Module):
 
 
 class _Default(nn.Module):
-    """The transformer at its default condition, the first style at full strength, as constants: ONNX
-    Runtime then folds the conditional scales and shifts into the convolutions before them (the light
-    network ran 12% faster on a CPU). It also takes and gives uint8 pixels, (1, 3, H, W), so that the
-    conversions run in ONNX Runtime's threads rather than in NumPy's one."""
+    """The transformer at its default condition, the first style at the network strength the recipe
+    gives --style-weight 1 (recipe.calibrated; the graph bakes the number, not the rule), as
+    constants: ONNX Runtime then folds the conditional scales and shifts into the convolutions
+    before them (the light network ran 12% faster on a CPU). It also takes and gives uint8 pixels,
+    (1, 3, H, W), so that the conversions run in ONNX Runtime's threads rather than in NumPy's one."""
 
-    def __init__(self, net, strength: bool, num_styles: int, full_strength: float = 1.0):
+    def __init__(self, net, strength: bool, num_styles: int, network_strength: float):
         super().__init__()
         self.net = net
         self.register_buffer("styles", torch.nn.functional.one_hot(torch.tensor([0]), num_styles).float())
-        # --style-weight 1 runs the network at the strength the model file calibrates (mixing.calibrated)
-        self.register_buffer("strength", torch.full((1,), full_strength) if strength else None)
+        self.register_buffer("strength", torch.full((1,), network_strength) if strength else None)
 
     def forward(self, image):
         y = self.net(image.float() / 255, Condition(self.styles, self.strength))
@@ -113,7 +114,8 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
     meta = {"kind": record.get("kind"), "styles": list(record.get("styles", [])),
             "strength": bool(record["net"].get("strength", False)), "width": record["net"].get("width"),
             "multiple": 8 if adaptive else 4, "source_sha256": file_sha256(Path(record["path"])),
-            "stylize": __version__, "opset": OPSET, "apply": record.get("apply") or {}}
+            "stylize": __version__, "opset": OPSET, "apply": record.get("apply") or {},
+            "graph_version": GRAPH_VERSION}
     size = 64 if adaptive else 32
     image = torch.rand(1, 3, size, size + 8)
     if arbitrary:
@@ -138,10 +140,11 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
         dims = {"image": {2: torch.export.Dim("h4", min=2, max=8192) * 4, 3: torch.export.Dim("w4", min=2, max=8192) * 4},
                 "styles": None, "strength": None}
         if default:
-            module, names, dims = (_Default(stylizer.net, meta["strength"], n, mixing.calibrated(1.0, stylizer.apply)[0]),
+            network_strength = recipe.calibrated(1.0, stylizer.apply)[0]
+            module, names, dims = (_Default(stylizer.net, meta["strength"], n, network_strength),
                                    ["image"], {"image": dims["image"]})
             args = ((image * 255).round().to(torch.uint8),)
-            meta["default"] = True
+            meta.update(default=True, network_strength=network_strength)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -192,10 +195,11 @@ def _check(path: Path, stylizer, adaptive: bool, arbitrary: bool = False) -> flo
             weights = torch.full((n,), 1.0 / n)
             strength = 0.6 if fast.meta["strength"] else 1.0
             if fast.meta.get("default"):  # uint8 in and out: compared in pixel levels, a level at most
-                weights, strength = torch.nn.functional.one_hot(torch.tensor(0), n).float(), 1.0
+                weights = torch.nn.functional.one_hot(torch.tensor(0), n).float()
+                strength = fast.meta["network_strength"]  # the network alone, at the strength baked in
                 x8 = (x * 255).round().to(torch.uint8)
-                with torch.inference_mode():  # the network alone, at the strength baked into the graph
-                    ref = stylizer(x8, weights, mixing.calibrated(1.0, stylizer.apply)[0], dtype=torch.uint8)
+                with torch.inference_mode():
+                    ref = stylizer(x8, weights, strength, dtype=torch.uint8)
                 got = fast.stylize(x8.numpy(), weights.tolist(), strength)
                 levels = float((torch.from_numpy(got).int() - ref.int()).abs().max())
                 worst = max(worst, 0.0 if levels <= 1 else levels / 255)

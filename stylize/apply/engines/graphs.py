@@ -8,11 +8,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from stylize.apply import mixing
 from stylize.models import modelfile
 from stylize.errors import StylizeError
 from stylize.files import CACHE_ENV, cache_root, file_sha256
-from stylize.apply.engines.onnx_runtime import OnnxStylizer
+from stylize.apply.engines.onnx_runtime import GRAPH_VERSION, OnnxStylizer
 from stylize.settings import ApplyConfig
 
 CACHE_MB = 512  # the graph cache keeps the most recently used graphs within this size
@@ -44,8 +43,9 @@ def cached_graph(model: str | Path, notice: Callable[[str], None] | None = None,
 
 
 def _graph_name(path: Path, default: bool) -> str:
-    """Named by the model file's content, not its path: a retrained model never meets a stale graph."""
-    return f"{path.stem}-{file_sha256(path)[:20]}{'-default' if default else ''}.onnx"
+    """Named by the model file's content and the exporter's version, not its path: neither a
+    retrained model nor a changed exporter ever meets a stale graph."""
+    return f"{path.stem}-{file_sha256(path)[:20]}-g{GRAPH_VERSION}{'-default' if default else ''}.onnx"
 
 
 def graph_path(model: str | Path, default: bool = False) -> Path:
@@ -73,6 +73,11 @@ def _prune(folder: Path, keep: Path, limit_mb: float = CACHE_MB) -> None:
             g.unlink(missing_ok=True)
 
 
+def exists(model: str | Path, default: bool = False) -> bool:
+    """Whether the model's graph is there already, shipped or cached (else a first use exports it)."""
+    return graph_path(model, default).exists() or shipped_graph(model, default).exists()
+
+
 def cache_problem() -> str | None:
     """Why no graph can be written to the cache (a read-only home, an unwritable STYLIZE_CACHE), or None."""
     folder = cache_dir() / "onnx"
@@ -85,7 +90,7 @@ def cache_problem() -> str | None:
 
 def load(model: str | Path, style_size: int | None = ApplyConfig.style_size, memory_mb: float = ApplyConfig.memory_mb,
          notice: Callable[[str], None] | None = None, fallback: Callable[[], object] | None = None,
-         default: bool = False, strength: float = 1.0):
+         default: bool = False):
     """An OnnxStylizer for the model: its cached graph, exported first if need be. Where the cache
     cannot be written, `fallback()` (the PyTorch stylizer), said once to `notice`; a cached graph
     that does not load (a truncated file, a disk error) is rebuilt.
@@ -93,12 +98,9 @@ def load(model: str | Path, style_size: int | None = ApplyConfig.style_size, mem
     `default`: the request is the model's default condition (no --style, full strength), so a
     transformer model runs its faster default graph (an adaptive model needs a --style, so for it the
     flag changes nothing: its graph is exported as always, and its condition() asks for the style).
-    `strength` is checked against the model before a first export, which takes seconds."""
+    The request is checked before (choose.open_stylizer): a first export takes seconds."""
     notice = notice or (lambda message: None)
-    cached = graph_path(model, default).exists() or shipped_graph(model, default).exists()
-    if not cached and strength != 1.0:
-        d = modelfile.describe(modelfile.read_record(model))
-        mixing.check_strength(strength, d["name"], d["kind"] == "adain" or d["strength"])
+    cached = exists(model, default)
     if not cached and (why := cache_problem()):
         if fallback is None:
             raise StylizeError(f"ONNX cache: {why}; set {CACHE_ENV} to a writable folder")

@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from stylize.apply import scale
+from stylize.apply import recipe, scale
+from stylize.apply.recipe import Look
 from stylize.features.losses import draw_shift
 from stylize.settings import LOSS_NET_LAYERS, OPTIMIZE_JITTER, OPTIMIZE_SIZE, STYLE_SIZE, TrainConfig
 
@@ -70,7 +71,7 @@ class Optimizer:
     def optimize(self, photo: torch.Tensor, steps: int, progress: Callable[[int, int], None] | None) -> np.ndarray:
         """Photo (3, h, w) uint8 at the size it is optimized at -> (3, h, w) uint8 array."""
         t = TrainConfig()  # the models' loss weights: one place for them
-        weights = {"content": t.content_weight, "style": t.style_weight, "tv": t.tv_weight}
+        weights = {"content": t.content_loss_weight, "style": t.style_loss_weight, "tv": t.tv_loss_weight}
         x = photo[None].float().div(255).to(self.device)
         y = x.clone().requires_grad_(True)
         opt = torch.optim.Adam([y], lr=LR)
@@ -87,20 +88,23 @@ class Optimizer:
         return y.detach()[0].mul(255).round().to(torch.uint8).cpu().numpy()
 
 
-def painting_for(path: str, photo: torch.Tensor | None = None) -> torch.Tensor:
+def painting_for(path: str, photo=None) -> torch.Tensor:
     """A painting as the optimization reads it (longest side STYLE_SIZE["adaptive"]); with a photo
     (uint8), recoloured to the photo's colours (--preserve-color --color-method match)."""
     from stylize.apply.color import match_colors
     from stylize.train.data import load_style
 
     painting = load_style(path, STYLE_SIZE["adaptive"])[1]
-    return painting if photo is None else match_colors(painting, photo.float() / 255)
+    return painting if photo is None else match_colors(painting, photo)
 
 
 class OptimizingStylizer:
-    """The file pipeline's stylizer (pipeline.apply_files) for --optimize: one painting, no model."""
+    """The engine (recipe.Stylizer) for --optimize: one painting, no model. It works at its own size
+    (OPTIMIZE_SIZE, in Optimizer), so the recipe's work size, padding and palette do not apply."""
 
-    name, has_strength = "optimize", True
+    name, has_strength, styles = "optimize", True, []
+    apply: dict = {}
+    multiple, least = 1, 0
     budget = 0  # every photo is read, optimized and written on its own: minutes each, nothing to queue
 
     def __init__(self, steps: int, device: str = "auto", progress: Callable[[int, int], None] | None = None):
@@ -110,9 +114,9 @@ class OptimizingStylizer:
         self._optimizers: dict = {}
 
     def load(self, path, max_size: int | None = None):
-        from stylize.images import load_image
+        from stylize.images import read_array
 
-        return load_image(path, max_size, torch.uint8)
+        return read_array(path, max_size, uint8=True)
 
     @staticmethod
     def load_mask(path, size):
@@ -120,18 +124,23 @@ class OptimizingStylizer:
 
         raise StylizeError("--optimize takes one painting, without --mask")
 
-    def condition(self, specs: list[str] | None, mask=None, photo=None, match_color: bool = False) -> Optimizer:
+    def condition(self, specs: list[str] | None, mask=None, photo=None, match_color: bool = False) -> Look:
+        """The painting's Optimizer (its targets), cached by the painting's and the photo's content."""
         from stylize.errors import StylizeError
         from stylize.apply.mixing import style_image
 
         if not specs or len(specs) != 1:
             raise StylizeError("--optimize takes one painting: --style PAINTING.jpg")
         path = style_image(specs[0])[0]
-        key = (path, id(photo) if match_color else None)
+        photo = photo if match_color else None
+        key = (recipe.file_key(path), recipe.content_key(photo) if photo is not None else None)
         if key not in self._optimizers:
-            painting = painting_for(path, photo if match_color and photo is not None else None)
-            self._optimizers = {key: Optimizer(painting, self.device)}  # one painting (and photo) at a time
-        return self._optimizers[key]
+            self._optimizers = {key: Optimizer(painting_for(path, photo), self.device)}  # one at a time
+        return Look(np.ones(1, np.float32), None, tuple(specs), self._optimizers[key])
 
-    def run(self, x: torch.Tensor, cond: Optimizer, strength: float) -> torch.Tensor:
-        return cond(x, self.steps, strength, self.progress)
+    def network(self, x: np.ndarray, look: Look, strength: float) -> np.ndarray:
+        return look.data(torch.from_numpy(x), self.steps, strength, self.progress).numpy()
+
+    def run(self, x: np.ndarray, look: Look, strength: float) -> np.ndarray:
+        """recipe.run with this engine."""
+        return recipe.run(self, x, look, strength)

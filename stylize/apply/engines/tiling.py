@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stylize.models.norms import Condition, InstanceStat
-from stylize.apply.batch import MIN_TILE, budget_pixels, bytes_per_pixel  # noqa: F401 (API)
+from stylize.apply.budget import MIN_TILE
 
 ALIGN = 4  # two stride-2 convolutions: tile corners on multiples of 4
 HALO = 32  # context around every tile, px (multiple of ALIGN)

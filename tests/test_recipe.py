@@ -1,0 +1,75 @@
+"""The apply recipe (recipe.py): written once, followed alike by every engine; caches keyed by content."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_photo, make_style, random_cin_record
+from stylize.apply import palette, recipe
+from stylize.apply.engines.pytorch import AdaINStylizer
+from stylize.models import modelfile
+from stylize.models.adain import AdaINConfig, AdaINNet
+
+
+def as_tensor(im) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1).contiguous()
+
+
+def test_colour_matched_statistics_follow_the_photo_not_its_id(tmp_path):
+    """--color-method match over many photos: a photo whose array has the id() of one before it (the
+    same object refilled, as Python reuses a freed one's) still gets the painting matched to itself."""
+    torch.manual_seed(0)
+    net = AdaINNet(AdaINConfig(width=4))
+    record = {"path": str(tmp_path / "adain.pt"), "kind": "adain", "net": net.cfg.to_dict(), "state_dict": net.state_dict()}
+    style = tmp_path / "style.png"
+    make_style(3).save(style)
+    specs = [str(style)]
+    photo = as_tensor(make_photo(1))
+    used = AdaINStylizer(record, "cpu", 64)
+    used.run(photo, used.condition(specs, None, photo, True), 1.0)
+    photo.copy_(as_tensor(make_photo(2)))  # another photo under the same id()
+    got = np.asarray(used.run(photo, used.condition(specs, None, photo, True), 1.0))
+    fresh = AdaINStylizer(record, "cpu", 64)
+    want = np.asarray(fresh.run(photo, fresh.condition(specs, None, photo, True), 1.0))
+    assert np.array_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    """One calibrated model (network strength, palette) on both engines: PyTorch and ONNX Runtime."""
+    from stylize.apply.engines.export import export_onnx
+    from stylize.apply.engines.onnx_runtime import OnnxStylizer
+    from stylize.apply.engines.pytorch import Stylizer
+
+    rec = random_cin_record(["a", "b"])
+    colours = [palette.stats(np.asarray(make_style(i)).transpose(2, 0, 1).copy()) for i in (5, 6)]
+    rec["apply"] = {"full_strength": 0.8, "palette": 0.5, "colours": [palette.as_record(c) for c in colours]}
+    path = modelfile.save(rec, tmp_path_factory.mktemp("recipe") / "calibrated.pt")
+    return Stylizer(path, "cpu"), OnnxStylizer(export_onnx(path, path.with_suffix(".onnx")).path)
+
+
+def stylized(engines, x: np.ndarray) -> list[np.ndarray]:
+    return [np.asarray(e.run(x, e.condition(["a=0.3", "b=0.7"]), 0.6)) for e in engines]
+
+
+@pytest.mark.slow  # an ONNX export
+@pytest.mark.parametrize("change", ["strength", "padding"])
+def test_one_change_to_the_recipe_reaches_both_engines(engines, monkeypatch, change):
+    """The recipe is written once: change one of its rules and the PyTorch path and the ONNX path both
+    follow, and still give the same picture (within a level: float rounding)."""
+    x = np.asarray(make_photo(7, 45, 37)).transpose(2, 0, 1).copy()  # odd sides: padded
+    before = stylized(engines, x)
+    if change == "strength":  # the network at a third of --style-weight, no palette step
+        monkeypatch.setattr(recipe, "calibrated", lambda strength, apply: (strength / 3, 0.0))
+    else:  # to a multiple of 16 rather than the network's 4
+        real = recipe.padding
+        monkeypatch.setattr(recipe, "padding", lambda h, w, multiple, least=0: real(h, w, 16, least))
+    after = stylized(engines, x)
+    for b, a in zip(before, after):
+        assert np.abs(a.astype(int) - b).max() > 8  # each engine followed the change
+    assert np.abs(after[0].astype(int) - after[1]).max() <= 1
+    assert np.abs(before[0].astype(int) - before[1]).max() <= 1
+    if change == "strength":  # exactly the network alone at that strength: nothing else was done
+        network = engines[0](torch.from_numpy(x), torch.tensor([0.3, 0.7]), 0.2, dtype=torch.uint8)
+        assert np.array_equal(after[0], network.numpy())
