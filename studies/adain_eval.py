@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from bench.common import QUALITY  # noqa: E402
 from stylize.models.adain import ENCODER_TAPS, AdaINConfig, AdaINNet, adain  # noqa: E402
-from stylize.train.data import load_style  # noqa: E402
+from stylize.images import load_style  # noqa: E402
 from stylize.errors import StylizeError  # noqa: E402
 from stylize.files import atomic_write  # noqa: E402
 from stylize.images import find_images, load_image, save_image, save_pil, to_pil  # noqa: E402

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from bench.common import psnr  # noqa: E402
-from stylize.train.data import load_style  # noqa: E402
+from stylize.images import load_style  # noqa: E402
 from stylize.images import find_images, load_image  # noqa: E402
 from stylize.apply.engines.pytorch import Stylizer  # noqa: E402
 from stylize.features.losses import PerceptualLoss  # noqa: E402

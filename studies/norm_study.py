@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from bench.common import QUALITY, ROOT, load_quality  # noqa: E402
-from stylize.train.data import load_style  # noqa: E402
+from stylize.images import load_style  # noqa: E402
 from stylize.images import load_image, save_pil, to_pil  # noqa: E402
 from stylize.apply.engines.pytorch import load_stylizer  # noqa: E402
 from stylize.features.losses import PerceptualLoss  # noqa: E402

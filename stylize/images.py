@@ -266,3 +266,33 @@ def find_images(folder: str | Path) -> list[Path]:
     """Every image file below a folder (recursive), in a stable order."""
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
+
+MIN_STYLE_SIDE = 16  # a painting smaller than this has no statistics worth matching
+
+
+def check_style(path, shape: tuple[int, ...]) -> None:
+    """A style image of (.., H, W) must be at least MIN_STYLE_SIDE on its shorter side."""
+    h, w = shape[-2:]
+    if min(h, w) < MIN_STYLE_SIDE:
+        raise StylizeError(f"{path}: style image too small ({w}x{h}); need at least {MIN_STYLE_SIDE} px")
+
+
+def load_style(path, size: int | None):
+    """A style image as a float tensor, its longest side at most `size`: (name, (3, H, W))."""
+    x, _ = load_image(path, max_size=size)
+    check_style(path, x.shape)
+    return Path(path).stem, x
+
+
+def style_files(paths: list[str | Path]) -> list[Path]:
+    """Style images given as files or folders (a folder means every image in it)."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = find_images(p)
+            if not found:
+                raise StylizeError(f"{p}: folder holds no images")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out

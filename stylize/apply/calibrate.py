@@ -129,7 +129,7 @@ def photo_files(photos: list[str | Path] | str | Path) -> list[Path]:
 def model_paintings(record: dict) -> list[Path]:
     """A trained model's paintings, one per style in its order, as its training read them (its
     train.style: files or folders), if they are still there."""
-    from stylize.train.data import style_files
+    from stylize.images import style_files
 
     styles = list(record["styles"])
     try:

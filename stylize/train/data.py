@@ -442,24 +442,3 @@ class CachedCrops:
             if k == self.last:
                 yield self._batch(picks), bad
                 picks, bad = [], 0
-
-
-def load_style(path, size: int | None) -> tuple[str, torch.Tensor]:
-    x, _ = load_image(path, max_size=size)
-    if min(x.shape[1:]) < 16:
-        raise StylizeError(f"{path}: style image too small ({x.shape[2]}x{x.shape[1]}); need at least 16 px")
-    return Path(path).stem, x
-
-
-def style_files(paths: list[str | Path]) -> list[Path]:
-    """Style images given as files or folders (a folder means every image in it)."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = find_images(p)
-            if not found:
-                raise StylizeError(f"{p}: folder holds no images")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out

@@ -22,7 +22,8 @@ from stylize import __version__, distributed
 from stylize.models import modelfile
 from stylize.train import speed
 from stylize.devices import pick_device
-from stylize.train.data import batches, content_files, load_style, pick_loader, style_files
+from stylize.images import load_style, style_files
+from stylize.train.data import batches, content_files, pick_loader
 from stylize.errors import StylizeError
 from stylize.images import load_image, save_image
 from stylize.features.losses import PerceptualLoss, draw_shift

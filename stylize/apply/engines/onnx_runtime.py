@@ -28,7 +28,7 @@ from stylize.apply import mixing, palette, recipe
 from stylize.apply.budget import budget_pixels
 from stylize.apply.recipe import Look
 from stylize.errors import StylizeError
-from stylize.images import read_array
+from stylize.images import check_style, read_array
 from stylize.settings import ApplyConfig
 
 # The version of the graphs export.py writes, in their metadata and in the names graphs.py caches
@@ -127,8 +127,7 @@ class OnnxStylizer:
         key = recipe.file_key(path)
         if key not in self._style_cache:
             style, _ = read_array(path, self.style_size)
-            if min(style.shape[1:]) < 16:
-                raise StylizeError(f"{path}: style image too small ({style.shape[2]}x{style.shape[1]}); need at least 16 px")
+            check_style(path, style.shape)
             if self.arbitrary:  # cropped as in style_prediction.crop_to_multiple
                 m = self.meta["style_multiple"]
                 style = style[:, : style.shape[1] - style.shape[1] % m, : style.shape[2] - style.shape[2] % m]

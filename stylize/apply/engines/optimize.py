@@ -92,7 +92,7 @@ def painting_for(path: str, photo=None) -> torch.Tensor:
     """A painting as the optimization reads it (longest side STYLE_SIZE["adaptive"]); with a photo
     (uint8), recoloured to the photo's colours (--preserve-color --color-method match)."""
     from stylize.apply.color import match_colors
-    from stylize.train.data import load_style
+    from stylize.images import load_style
 
     painting = load_style(path, STYLE_SIZE["adaptive"])[1]
     return painting if photo is None else match_colors(painting, photo)

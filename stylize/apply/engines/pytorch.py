@@ -181,7 +181,7 @@ class ArbitraryStylizer(Stylizer):
 
     def painting(self, path: str) -> torch.Tensor:
         """A painting as the predictor reads it: at style_size, cropped to the network's multiple."""
-        from stylize.train.data import load_style
+        from stylize.images import load_style
         from stylize.models.style_prediction import crop_to_multiple
 
         key = recipe.file_key(path)
@@ -258,7 +258,7 @@ class AdaINStylizer:
         """A style image's relu4_1 statistics; recoloured to `photo` first when given. Cached by the
         file's and the photo's content: with ids, a later photo in a freed one's place got its colours."""
         from stylize.apply.color import match_colors
-        from stylize.train.data import load_style
+        from stylize.images import load_style
         from stylize.features.losses import mean_std
 
         key = (recipe.file_key(path), photo_key)
