@@ -90,7 +90,6 @@ def _check_request(ctx: typer.Context) -> tuple[str, list[str]]:
                            f"(photo.png), or use --out-dir {out} for a folder")
     from stylize.images import IMAGE_EXTENSIONS
     from stylize.apply.mixing import style_image
-    from stylize.apply.recipe import check_strength
     from stylize.apply.budget import MIN_TILE
 
     model = p["model"]
@@ -101,7 +100,6 @@ def _check_request(ctx: typer.Context) -> tuple[str, list[str]]:
         paintings = styles and any(Path(style_image(s)[0]).suffix.lower() in IMAGE_EXTENSIONS for s in styles)
         model = DEFAULT_ADAPTIVE_MODEL if paintings else A.model
     choice(p["color_method"], COLOR_METHODS, "--color-method")
-    check_strength(p["strength"])
     if 0 < p["tile"] < MIN_TILE:
         raise StylizeError(f"--tile {p['tile']}: give 0 (tiles only where they are needed) or at least {MIN_TILE} px")
     from stylize.apply.video import is_video
