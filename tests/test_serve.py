@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 import zlib
@@ -117,14 +118,20 @@ def form(fields: dict, files: dict) -> tuple[bytes, str]:
 
 
 def post(url: str, fields: dict, files: dict, headers: dict | None = None) -> tuple[int, dict]:
-    """A multipart/form-data POST with the standard library."""
+    """A multipart/form-data POST with the standard library, on a kept-alive connection as a browser
+    makes it: the server answers a refused upload at once and reads the rest away, so the whole body
+    is sent before the answer is read. (urllib says Connection: close, after which the server closes
+    with the body unread, and a loaded machine's client could meet a reset while still sending.)"""
     body, kind = form(fields, files)
-    req = urllib.request.Request(url, body, {"Content-Type": kind, **(headers or {})})
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        with urllib.request.urlopen(req) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        conn.request("POST", parts.path + (f"?{parts.query}" if parts.query else ""), body,
+                     {"Content-Type": kind, **(headers or {})})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
 
 
 def get(url: str) -> tuple[int, bytes]:
