@@ -10,7 +10,8 @@ Departures from the paper, and why:
   be had offline here). The levels are its ReLU6 expansion taps, the ones its style loss reads:
   block1_expand (1/2 resolution, 96 channels), block3_expand (1/4, 144), block5_expand (1/8, 240),
   block8_expand (1/16, 480).
-- The decoders are plain: nearest upsampling and 3x3 convolutions, trained with an L1 pixel term
+- The decoders are plain (stylize/models/wct.py, `decoder`, where the transform is too): nearest
+  upsampling and 3x3 convolutions, trained with an L1 pixel term
   and a feature term at the levels at or below their own (their inverses are blurry otherwise).
 - The coarsest level (block8) at full strength loses the subject, so the pilot uses block5 at
   full strength, block3 at 0.6 and block1 at 0.3; `--detail` then gives back the photo's finest
@@ -35,29 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
-from torch import nn
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from stylize.features.efficientnet import lite0_features  # noqa: E402
 from stylize.images import find_images  # noqa: E402
+from stylize.models.wct import LEVELS, colouring, covariance, decoder, fine_band, wct  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-# level -> (channels, halvings of resolution)
-LEVELS = {"block8_expand": (480, 4), "block5_expand": (240, 3), "block3_expand": (144, 2), "block1_expand": (96, 1)}
-WIDTHS = (128, 64, 32, 16)  # a decoder's channels, coarse to fine
-
-
-def decoder(level: str) -> nn.Sequential:
-    channels, halvings = LEVELS[level]
-    c = WIDTHS[len(WIDTHS) - halvings] if halvings < len(WIDTHS) else WIDTHS[0]
-    layers = [nn.ReflectionPad2d(1), nn.Conv2d(channels, c, 3), nn.ReLU()]
-    for i in range(halvings):
-        out = WIDTHS[min(len(WIDTHS) - 1, len(WIDTHS) - halvings + i + 1)]
-        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(c, out, 3), nn.ReLU(),
-                   nn.ReflectionPad2d(1), nn.Conv2d(out, out, 3), nn.ReLU()]
-        c = out
-    return nn.Sequential(*layers, nn.ReflectionPad2d(1), nn.Conv2d(c, 3, 3))
 
 
 def read(path, side: int, shorter: bool = True) -> torch.Tensor:
@@ -98,20 +84,6 @@ def train(args) -> None:
             torch.save(net.state_dict(), out)
 
 
-def wct(content: torch.Tensor, style: torch.Tensor, alpha: float, eps: float = 1e-5) -> torch.Tensor:
-    """The photo's features (1, C, H, W) whitened and coloured with the painting's covariance and mean."""
-    c, h, w = content.shape[1:]
-    a, b = content[0].reshape(c, -1).double(), style[0].reshape(c, -1).double()
-    ma, mb = a.mean(1, keepdim=True), b.mean(1, keepdim=True)
-    a, b = a - ma, b - mb
-    eye = eps * torch.eye(c, dtype=a.dtype)
-    ea, va = torch.linalg.eigh(a @ a.T / (a.shape[1] - 1) + eye)
-    eb, vb = torch.linalg.eigh(b @ b.T / (b.shape[1] - 1) + eye)
-    whitened = va @ torch.diag(ea.clamp_min(eps).rsqrt()) @ va.T @ a
-    coloured = (vb @ torch.diag(eb.clamp_min(0).sqrt()) @ vb.T @ whitened + mb).float().reshape(1, c, h, w)
-    return alpha * coloured + (1 - alpha) * content
-
-
 def apply(args) -> None:
     torch.set_num_threads(args.threads)
     levels = {s.split(":")[0]: float(s.split(":")[1]) for s in args.levels.split(",")}
@@ -124,11 +96,11 @@ def apply(args) -> None:
     with torch.no_grad():
         style = encoder(painting)
         for t, alpha in levels.items():
-            x = nets[t](wct(encoder(x)[t], style[t], alpha)).clamp(0, 1)
+            x = nets[t](wct(encoder(x)[t], [colouring(*covariance(style[t]))], alpha)).clamp(0, 1)
     y = Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     if args.detail:  # the photo's finest band, which the decoders lose
         photo = Image.open(args.photo).convert("RGB").resize(y.size, Image.Resampling.BICUBIC)
-        band = np.asarray(photo, np.float32) - np.asarray(photo.filter(ImageFilter.GaussianBlur(args.detail)), np.float32)
+        band = fine_band(np.asarray(photo).transpose(2, 0, 1), args.detail).transpose(1, 2, 0)
         y = Image.fromarray(np.clip(np.asarray(y, np.float32) + band, 0, 255).round().astype(np.uint8))
     y.save(args.out)
     print(f"{args.out}: {time.time() - t0:.2f} s")

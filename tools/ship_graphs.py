@@ -7,7 +7,8 @@ no longer shipped are removed. tests/test_readme.py checks that every shipped mo
 
 What is shipped: for a transformer model, the graph of its default request (no --style, full
 strength: the README's main command) and, for a strength-conditioned one, its general graph
-(--style-weight, the web page's slider, mixing); for an arbitrary-style model, its one graph.
+(--style-weight, the web page's slider, mixing); for an arbitrary-style model, its one graph; for
+a WCT model none (it runs on PyTorch: ONNX has no eigendecomposition).
 """
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from stylize.apply.engines.graphs import SHIPPED_GRAPHS, shipped_graph
 
 
 def wanted(model: Path) -> list[Path]:
-    net = modelfile.read_record(model)["net"]
+    record = modelfile.read_record(model)
+    if record["kind"] == "wct":  # no graph: choose.py runs it on PyTorch
+        return []
+    net = record["net"]
     if net.get("style_dim"):  # arbitrary: one graph
         return [shipped_graph(model)]
     return [shipped_graph(model, default=True)] + ([shipped_graph(model)] if net.get("strength") else [])

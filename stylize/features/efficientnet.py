@@ -110,7 +110,8 @@ class LiteFeatures(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, last: str | None = None) -> dict[str, torch.Tensor]:
+        """{tap: features}; with `last`, stopped after that tap (WCT's finer levels need no deeper ones)."""
         x = (x * (255 / 128) - 127 / 128).to(self.features[0][0].weight.dtype)  # bf16 weights on CUDA (speed.py)
         seen, out = [], {}
         for i, (name, layer) in enumerate(zip(self.names, self.features)):
@@ -120,6 +121,8 @@ class LiteFeatures(nn.Module):
             seen.append(x)
             if name in self.taps:
                 out[name] = x
+            if name == last:
+                break
         return out
 
     def load_folded(self, state: dict) -> None:

@@ -294,8 +294,8 @@ def _read_tensors(path: Path, arrays: str) -> dict:
                            f"({_short(str(e).splitlines()[0] if str(e) else type(e).__name__, 80)})") from None
 
 
-KINDS = ("transformer", "adain")
-# The settings a record's "net" may hold (networks.NetConfig, adain.AdaINConfig) and their types;
+KINDS = ("transformer", "adain", "wct")  # wct: WCT decoders for any painting (wct.py)
+# The settings a record's "net" may hold (networks.NetConfig, adain.AdaINConfig, wct.WCTConfig) and their types;
 # which of them a network takes is checked when it is built (build).
 _SETTING_TYPES = (bool, int, float, str, type(None))
 
@@ -350,7 +350,7 @@ def check(obj: dict, path) -> None:
         for k, known in (("norm", NORMS), ("network", TRANSFORMER_NETWORKS)):
             if k in net and net[k] not in known:
                 bad(f"net.{k}", f"is {_short(net[k])}; known: {', '.join(known)}")
-    styles = obj.get("styles", [] if kind == "adain" else None)  # a transformer network names its styles
+    styles = obj.get("styles", [] if kind in ("adain", "wct") else None)  # a transformer network names its styles
     if not isinstance(styles, (list, tuple)) or not all(isinstance(n, str) for n in styles):
         bad("styles", "is not a list of names")
     for field in ("state_dict",) + (("predictor",) if net.get("style_dim") else ()):
@@ -522,10 +522,10 @@ def describe(obj: dict) -> dict:
         "name": path.stem,
         "path": str(path),
         "kind": obj.get("kind"),
-        "norm": net.get("norm") or ("adaptive" if obj.get("kind") == "adain" else None),
+        "norm": net.get("norm") or {"adain": "adaptive", "wct": "wct"}.get(obj.get("kind")),
         "encoder": net.get("encoder") or obj.get("predictor", {}).get("loss_net"),
         "styles": list(obj.get("styles", [])),
-        "strength": bool(net.get("strength", False)),
+        "strength": bool(net.get("strength", False)) or obj.get("kind") == "wct",  # its levels' strengths scale
         "width": net.get("width"),
         "network": net.get("network", "johnson") if obj.get("kind") == "transformer" else None,
         "loss_net": train.get("loss_net"),
@@ -535,5 +535,6 @@ def describe(obj: dict) -> dict:
         "apply": {k: v for k, v in (obj.get("apply") or {}).items() if k != "colours"},  # recipe.calibrated
         "versions": obj.get("versions", {}),
         "checkpoint": "optimizer" in obj,
+        **({"levels": net.get("levels")} if obj.get("kind") == "wct" else {}),  # tap:strength, coarse to fine
     }
 

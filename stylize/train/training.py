@@ -475,6 +475,9 @@ def init_settings(cfg: TrainConfig) -> TrainConfig:
     """--init: the run builds the network that model file holds (its norm, architecture, width, ...;
     for any painting, the predictor's loss network, layers and painting size), whatever the flags say."""
     rec = modelfile.load(cfg.init)
+    if rec.get("kind") == "wct":
+        raise StylizeError(f"{cfg.init}: a WCT model's decoders are trained by studies/wct_decoders.py, "
+                           "not stylize train")
     if rec.get("kind") == "adain":
         return replace(cfg, norm="adaptive", network="adain", width=rec["net"]["width"])
     net = NetConfig(**rec["net"])

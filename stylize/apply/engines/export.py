@@ -108,6 +108,9 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
 
     t0 = time.perf_counter()
     record = modelfile.load(model)
+    if record.get("kind") == "wct":
+        raise StylizeError(f"{record['path']}: a WCT model has no ONNX graph (ONNX has no eigendecomposition); "
+                           "it runs on PyTorch")
     stylizer = load_stylizer(record["path"], "cpu")
     adaptive = record.get("kind") == "adain"
     arbitrary = bool(record["net"].get("style_dim"))

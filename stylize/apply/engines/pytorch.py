@@ -334,10 +334,15 @@ def load_stylizer(model: str | Path = DEFAULT_MODEL, device: str = "auto", style
                   tile: int | None = None, memory_mb: float = ApplyConfig.memory_mb,
                   notice: Callable[[str], None] | None = None, tile_progress: Callable[[int, int], None] | None = None):
     """A Stylizer for transformer models, an ArbitraryStylizer for arbitrary-style ones, an AdaINStylizer
-    for AdaIN ones (which run untiled). style_size: the painting's longest side (None: the model's)."""
+    for AdaIN ones and a WCTStylizer (engines/wct.py) for WCT ones (both untiled). style_size: the
+    painting's longest side (None: the model's)."""
     record = modelfile.load(model)
     if record.get("kind") == "adain":
         return AdaINStylizer(record, device, style_size or 512)
+    if record.get("kind") == "wct":
+        from stylize.apply.engines.wct import WCTStylizer
+
+        return WCTStylizer(record, device, style_size)
     if record["net"].get("style_dim"):
         return ArbitraryStylizer(record, device, tile, memory_mb, notice, tile_progress, style_size)
     return Stylizer(record, device, tile, memory_mb, notice, tile_progress)

@@ -1,0 +1,104 @@
+"""The WCT engine (recipe.Stylizer): a WCT model (models/wct.py) paints any painting, given at apply time.
+
+It runs on PyTorch, untiled, on the CPU as elsewhere: ONNX has no eigendecomposition, and each photo
+needs one per level (choose.py sends it here). A painting's statistics are read once per content
+(recipe.file_key) and kept; condition() mixes them into one colouring per level.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stylize.apply import mixing, recipe
+from stylize.apply.engines.pytorch import Stylizer, _painting_weights
+from stylize.apply.recipe import Look
+from stylize.devices import pick_device
+from stylize.errors import StylizeError
+from stylize.images import read_array
+from stylize.models import modelfile
+
+
+class WCTStylizer:
+    """A loaded WCT model: the paintings' statistics at condition(), the levels at network()."""
+
+    budget = 1 << 62  # runs untiled: the transform needs the whole photo's statistics
+
+    def __init__(self, record: dict, device: str = "auto", style_size: int | None = None):
+        from stylize.models.wct import WCTConfig, WCTNet
+
+        self.record, self.device = record, pick_device(device)
+        self.name = Path(record["path"]).stem
+        self.has_strength = True  # every level's strength times --style-weight
+        self.styles: list[str] = []
+        self.apply = record.get("apply") or {}
+        self.net = modelfile.build(record, lambda: WCTNet(WCTConfig(**record["net"])), record["state_dict"])
+        self.net.eval().requires_grad_(False).to(self.device)
+        # every decoder gives back its input's size; the coarsest level's features are at least 2x2 (a
+        # reflection pad of 1 needs 2)
+        self.multiple = self.net.multiple
+        self.least = 2 * self.multiple
+        self.style_size = style_size or self.net.cfg.style_size
+        self._stats: dict = {}
+
+    def _style(self, path: str, photo, photo_key: tuple | None) -> dict:
+        """A painting's mean and covariance per level; recoloured to `photo` first when given. Cached
+        by the file's and the photo's content."""
+        from stylize.apply.color import match_colors
+        from stylize.images import load_style
+
+        key = (recipe.file_key(path), photo_key)
+        if key not in self._stats:
+            _, style = load_style(path, self.style_size)
+            if photo is not None:
+                style = match_colors(style, photo)
+            if photo_key is not None:  # one photo's at a time
+                self._stats = {k: v for k, v in self._stats.items() if k[1] is None}
+            while len(self._stats) >= 8:  # a long-lived process (stylize serve) sees many paintings
+                self._stats.pop(next(iter(self._stats)))
+            with torch.inference_mode():
+                self._stats[key] = self.net.style_stats(style[None].to(self.device))
+        return self._stats[key]
+
+    def condition(self, specs: list[str] | None, mask=None, photo=None, match_color: bool = False) -> Look:
+        """Paintings (PATH or PATH=W) -> a Look: their weights, or with a mask [mask, 1 - mask]; its
+        data one {tap: (mean, colouring)} per part: the paintings' mixed statistics, or with a mask
+        each painting's own."""
+        from stylize.models.wct import colouring, mix
+
+        if not specs:
+            raise StylizeError(f"model {self.name} takes any painting: give one with --style PAINTING.jpg")
+        paths, weights = mixing.painting_weights(specs)
+        photo = photo if match_color else None
+        photo_key = recipe.content_key(photo) if photo is not None else None
+        stats = [self._style(p, photo, photo_key) for p in paths]
+        parts = [[s] for s in stats] if mask is not None else [stats]
+        part_weights = [[1.0]] * len(stats) if mask is not None else [weights]
+        targets = [{t: colouring(*mix([s[t] for s in part], w)) for t in self.net.taps}
+                   for part, w in zip(parts, part_weights)]
+        return Look(_painting_weights(weights, specs, mask), None, tuple(specs), targets)
+
+    def load(self, path, max_size: int | None = None):
+        return read_array(path, max_size, uint8=True)
+
+    load_mask = staticmethod(Stylizer.load_mask)
+    run = Stylizer.run
+
+    @torch.inference_mode()
+    def network(self, x: np.ndarray, look: Look, strength: float) -> np.ndarray:
+        """(3, H, W) uint8, H and W multiples of `multiple` -> the levels' picture plus the photo's
+        finest band, uint8. At strength 0 the photo itself: the decoders' reconstruction would be a
+        slightly softer copy of it."""
+        from stylize.models.wct import fine_band
+
+        if strength == 0:
+            return x
+        masks = None
+        if look.weights.ndim == 3:
+            masks = list(torch.from_numpy(look.weights)[:, None, None].to(self.device))
+        y = self.net(torch.from_numpy(x)[None].to(self.device).float().div_(255), look.data, strength, masks)
+        y = y[0].mul_(255).cpu().numpy()
+        if self.net.cfg.detail:  # the photo's finest band, which the decoders lose
+            y += fine_band(x, self.net.cfg.detail)
+        return np.clip(y, 0, 255).round().astype(np.uint8)
