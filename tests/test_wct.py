@@ -119,7 +119,7 @@ def test_wct_runs_on_pytorch_and_onnx_runtime_refuses_it(wct_model):
 
 def test_a_painting_is_required(wct_model, files):
     r = CliRunner().invoke(app, ["apply", str(files[0]), "--model", str(wct_model)])
-    assert r.exit_code == 1 and "give one with --style" in r.output
+    assert r.exit_code == 1 and "give a style image with --style" in r.output
 
 
 def test_info_describes_it(wct_model):

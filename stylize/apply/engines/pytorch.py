@@ -17,10 +17,10 @@ from stylize.apply import mixing, palette, recipe
 from stylize.apply.budget import budget_pixels
 from stylize.apply.recipe import Look
 from stylize.models import modelfile
-from stylize.apply.engines import tiling
+from stylize.apply.engines import paintings, tiling
 from stylize.devices import pick_device
 from stylize.errors import StylizeError
-from stylize.images import _as_uint8, load_image, read_array
+from stylize.images import read_array
 from stylize.models.networks import NetConfig, TransformerNet
 from stylize.models.norms import Condition
 
@@ -82,16 +82,12 @@ class Stylizer:
     def load(self, path, max_size: int | None = None):
         return read_array(path, max_size, uint8=True)  # a quarter of float's memory
 
-    @staticmethod
-    def load_mask(path, size: tuple[int, int]) -> np.ndarray:
-        return load_mask(path, size).numpy()
+    load_mask = staticmethod(paintings.mask_array)
 
     def network(self, x: np.ndarray, look: Look, strength: float) -> np.ndarray:
         return self._forward(torch.from_numpy(x), look, strength, None, torch.uint8).numpy()
 
-    def run(self, x, look: Look, strength: float) -> torch.Tensor:
-        """recipe.run for a (3, H, W) tensor (uint8, or float in [0, 1]) -> uint8 tensor."""
-        return torch.from_numpy(recipe.run(self, _as_uint8(x), look, strength))
+    run = paintings.run
 
     def tile_size(self, memory_mb: float | None = None) -> int:
         """The tile side that keeps one window of the network within the memory budget."""
@@ -232,7 +228,7 @@ class ArbitraryStylizer(Stylizer):
         matched = match_color and photo is not None
         net = self.baked(paths, photo if matched else None)
         palettes = None if match_color else [palette.stats(self.painting(p).numpy()) for p in paths]
-        return Look(_painting_weights(weights, specs, mask), palettes, tuple(specs), net)
+        return Look(paintings.painting_weights(weights, specs, mask), palettes, tuple(specs), net)
 
 
 class AdaINStylizer:
@@ -243,6 +239,7 @@ class AdaINStylizer:
     budget = 1 << 62  # runs untiled
 
     def __init__(self, record: dict, device: str = "auto", style_size: int | None = 512):
+        from stylize.features.losses import mean_std
         from stylize.models.adain import AdaINConfig, AdaINNet
 
         self.record, self.device, self.style_size = record, pick_device(device), style_size
@@ -252,41 +249,20 @@ class AdaINStylizer:
         self.apply = record.get("apply") or {}
         self.net = modelfile.build(record, lambda: AdaINNet(AdaINConfig(**record["net"])), record["state_dict"])
         self.net.eval().requires_grad_(False).to(self.device)
-        self._stats: dict = {}
-
-    def _style(self, path: str, photo, photo_key: tuple | None):
-        """A style image's relu4_1 statistics; recoloured to `photo` first when given. Cached by the
-        file's and the photo's content: with ids, a later photo in a freed one's place got its colours."""
-        from stylize.apply.color import match_colors
-        from stylize.images import load_style
-        from stylize.features.losses import mean_std
-
-        key = (recipe.file_key(path), photo_key)
-        if key not in self._stats:
-            _, style = load_style(path, self.style_size)
-            if photo is not None:
-                style = match_colors(style, photo)
-            if photo_key is not None:  # one photo's at a time
-                self._stats = {k: v for k, v in self._stats.items() if k[1] is None}
-            with torch.inference_mode():
-                self._stats[key] = mean_std(self.net.encoder(style[None].to(self.device)))
-        return self._stats[key]
+        # a style image's relu4_1 statistics
+        self._stats = paintings.PaintingStats(lambda style: mean_std(self.net.encoder(style[None].to(self.device))),
+                                              style_size)
 
     def condition(self, specs: list[str] | None, mask=None, photo=None, match_color: bool = False) -> Look:
         """Style images (PATH or PATH=W) -> a Look: their weights, or with a mask the per-pixel
         [mask, 1 - mask]; its data the statistics per style and their weights, for AdaINNet."""
-        if not specs:
-            raise StylizeError(f"model {self.name} is adaptive: give a style image with --style PAINTING.jpg")
-        paths, weights = mixing.painting_weights(specs)
-        photo = photo if match_color else None
-        photo_key = recipe.content_key(photo) if photo is not None else None
-        stats = [self._style(p, photo, photo_key) for p in paths]
-        return Look(_painting_weights(weights, specs, mask), None, tuple(specs), (stats, weights))
+        _, weights, stats = self._stats.of_request(self.name, specs, photo, match_color)
+        return Look(paintings.painting_weights(weights, specs, mask), None, tuple(specs), (stats, weights))
 
     def load(self, path, max_size: int | None = None):
         return read_array(path, max_size, uint8=True)
 
-    load_mask = staticmethod(Stylizer.load_mask)
+    load_mask = staticmethod(paintings.mask_array)
 
     @torch.inference_mode()
     def network(self, x: np.ndarray, look: Look, strength: float) -> np.ndarray:
@@ -317,17 +293,7 @@ class AdaINStylizer:
             masks = [m[0], m[1]]
         return self.net(xb, stats, weights, masks, alpha=strength)[0].clamp_(0, 1)
 
-    run = Stylizer.run
-
-
-def _painting_weights(weights: list[float], specs: list[str], mask) -> np.ndarray:
-    """Paintings' weights (N,), or with a mask (H, W) the first painting's [mask, 1 - mask]."""
-    if mask is None:
-        return np.asarray(weights, dtype=np.float32)
-    if len(specs) != 2:
-        raise StylizeError("--mask needs exactly two --style values: the first paints the white region")
-    mask = np.asarray(mask, dtype=np.float32)
-    return np.stack([mask, 1 - mask])
+    run = paintings.run
 
 
 def load_stylizer(model: str | Path = DEFAULT_MODEL, device: str = "auto", style_size: int | None = None,
@@ -346,17 +312,3 @@ def load_stylizer(model: str | Path = DEFAULT_MODEL, device: str = "auto", style
     if record["net"].get("style_dim"):
         return ArbitraryStylizer(record, device, tile, memory_mb, notice, tile_progress, style_size)
     return Stylizer(record, device, tile, memory_mb, notice, tile_progress)
-
-
-def load_mask(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
-    """A greyscale mask (white = first style) of the photo's size: (H, W) in [0, 1]."""
-    m, _ = load_image(path)
-    (mh, mw), (h, w) = m.shape[1:], size
-    if (mh, mw) != (h, w):
-        # the photo's shape at another size (--max-size scaled the photo): scaled with it
-        if abs(mw * h - mh * w) > max(mw, mh, w, h):
-            raise StylizeError(f"{path}: mask is {mw}x{mh}, the photo is {w}x{h} (a mask has the photo's shape)")
-        m = F.interpolate(m[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
-    return m.mean(0)
-
-

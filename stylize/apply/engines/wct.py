@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stylize.apply import mixing, recipe
-from stylize.apply.engines.pytorch import Stylizer, _painting_weights
+from stylize.apply.engines import paintings
 from stylize.apply.recipe import Look
 from stylize.devices import pick_device
-from stylize.errors import StylizeError
 from stylize.images import read_array
 from stylize.models import modelfile
 
@@ -40,26 +38,9 @@ class WCTStylizer:
         self.multiple = self.net.multiple
         self.least = 2 * self.multiple
         self.style_size = style_size or self.net.cfg.style_size
-        self._stats: dict = {}
-
-    def _style(self, path: str, photo, photo_key: tuple | None) -> dict:
-        """A painting's mean and covariance per level; recoloured to `photo` first when given. Cached
-        by the file's and the photo's content."""
-        from stylize.apply.color import match_colors
-        from stylize.images import load_style
-
-        key = (recipe.file_key(path), photo_key)
-        if key not in self._stats:
-            _, style = load_style(path, self.style_size)
-            if photo is not None:
-                style = match_colors(style, photo)
-            if photo_key is not None:  # one photo's at a time
-                self._stats = {k: v for k, v in self._stats.items() if k[1] is None}
-            while len(self._stats) >= 8:  # a long-lived process (stylize serve) sees many paintings
-                self._stats.pop(next(iter(self._stats)))
-            with torch.inference_mode():
-                self._stats[key] = self.net.style_stats(style[None].to(self.device))
-        return self._stats[key]
+        # a painting's mean and covariance per level
+        self._stats = paintings.PaintingStats(lambda style: self.net.style_stats(style[None].to(self.device)),
+                                              self.style_size)
 
     def condition(self, specs: list[str] | None, mask=None, photo=None, match_color: bool = False) -> Look:
         """Paintings (PATH or PATH=W) -> a Look: their weights, or with a mask [mask, 1 - mask]; its
@@ -67,23 +48,18 @@ class WCTStylizer:
         each painting's own."""
         from stylize.models.wct import colouring, mix
 
-        if not specs:
-            raise StylizeError(f"model {self.name} takes any painting: give one with --style PAINTING.jpg")
-        paths, weights = mixing.painting_weights(specs)
-        photo = photo if match_color else None
-        photo_key = recipe.content_key(photo) if photo is not None else None
-        stats = [self._style(p, photo, photo_key) for p in paths]
+        _, weights, stats = self._stats.of_request(self.name, specs, photo, match_color)
         parts = [[s] for s in stats] if mask is not None else [stats]
         part_weights = [[1.0]] * len(stats) if mask is not None else [weights]
         targets = [{t: colouring(*mix([s[t] for s in part], w)) for t in self.net.taps}
                    for part, w in zip(parts, part_weights)]
-        return Look(_painting_weights(weights, specs, mask), None, tuple(specs), targets)
+        return Look(paintings.painting_weights(weights, specs, mask), None, tuple(specs), targets)
 
     def load(self, path, max_size: int | None = None):
         return read_array(path, max_size, uint8=True)
 
-    load_mask = staticmethod(Stylizer.load_mask)
-    run = Stylizer.run
+    load_mask = staticmethod(paintings.mask_array)
+    run = paintings.run
 
     @torch.inference_mode()
     def network(self, x: np.ndarray, look: Look, strength: float) -> np.ndarray:
