@@ -147,3 +147,15 @@ def test_a_damaged_wct_file_is_refused_in_one_line(tmp_path, files, damage):
     why = {"levels": "settings do not build", "weights": "weights lack decoders.block1_expand", "cut": "cut short"}
     assert r.exit_code == 1 and "bad.safetensors" in r.output and why[damage] in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "out.png").exists()
+
+
+def test_the_page_takes_paintings_through_a_wct_model_and_offers_the_default_one(wct_model):
+    """`stylize serve --model wct` puts paintings through it; by default the page offers the styles and
+    the default painting model, not every model that takes paintings."""
+    from stylize.serve.server import Studio, default_models
+    from stylize.settings import DEFAULT_ADAPTIVE_MODEL
+
+    studio = Studio([str(wct_model)], max_size=64, runtime="torch")
+    assert studio.adaptive == str(wct_model) and studio.choices() == [studio.choices()[-1]] and not studio.styles
+    offered = default_models()
+    assert "wct" not in offered and offered[-1] == DEFAULT_ADAPTIVE_MODEL

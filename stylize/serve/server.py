@@ -111,7 +111,7 @@ class Studio:
         self.adaptive: str | None = None  # the model a painting goes through
         for m in models:
             d = modelfile.describe(modelfile.read_record(m))
-            if d["kind"] == "adain" or d["norm"] == "adaptive":
+            if takes_paintings(d):
                 self.adaptive = self.adaptive or str(m)
             elif len(d["styles"]) == 1:
                 self.styles[d["name"]] = (str(m), None)
@@ -570,10 +570,16 @@ def url(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
+def takes_paintings(described: dict) -> bool:
+    """Whether a model (modelfile.describe) paints a painting given at apply time, not styles of its own."""
+    return described["kind"] in ("adain", "wct") or described["norm"] == "adaptive"
+
+
 def default_models() -> list[str]:
-    """The shipped models the page offers: every style, and the arbitrary model for paintings."""
+    """The shipped models the page offers: every style, and for paintings the default painting model
+    (the page takes one; `stylize serve --model wct` chooses another)."""
     from stylize.models import modelfile
 
-    shipped = modelfile._shipped_dir()
-    names = sorted(p.stem for p in modelfile.models_in(shipped))
-    return [n for n in names if n != DEFAULT_ADAPTIVE_MODEL] + ([DEFAULT_ADAPTIVE_MODEL] if DEFAULT_ADAPTIVE_MODEL in names else [])
+    shipped = modelfile.models_in(modelfile._shipped_dir())
+    styles = sorted(p.stem for p in shipped if not takes_paintings(modelfile.describe(modelfile.read_record(p))))
+    return styles + [p.stem for p in shipped if p.stem == DEFAULT_ADAPTIVE_MODEL]
