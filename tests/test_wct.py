@@ -1,8 +1,13 @@
-"""WCT models (models/wct.py, engines/wct.py): the transform, the model file kind, and apply end to
-end, with a tiny randomly initialised model made here (never the shipped one)."""
+"""WCT models (models/wct.py, engines/wct.py, engines/onnx_wct.py): the transform, the model file
+kind, apply end to end on PyTorch and on ONNX Runtime, with a tiny randomly initialised model made
+here (never the shipped one)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,10 +17,12 @@ from typer.testing import CliRunner
 
 from conftest import make_photo, make_style
 from stylize.apply.choose import open_stylizer
+from stylize.apply.engines import graphs
+from stylize.apply.engines.onnx_wct import OnnxWCT
 from stylize.apply.engines.wct import WCTStylizer
 from stylize.cli import app
 from stylize.errors import StylizeError
-from stylize.models import modelfile
+from stylize.models import modelfile, whitening
 from stylize.models.wct import WCTConfig, WCTNet, colouring, covariance, mix, wct
 from stylize.settings import ApplyConfig
 
@@ -40,6 +47,24 @@ def wct_record(levels: str = "block3_expand:1,block1_expand:0.5", seed: int = 0)
 @pytest.fixture
 def wct_model(tmp_path):
     return modelfile.save(wct_record(), tmp_path / "tiny_wct.safetensors")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The tiny model and its ONNX graphs, exported once into a cache of this module's."""
+    folder = tmp_path_factory.mktemp("wct_onnx")
+    model = modelfile.save(wct_record(), folder / "tiny_wct.safetensors")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STYLIZE_CACHE", str(folder / "cache"))
+        found = graphs.cached_graphs(model)
+    return SimpleNamespace(model=model, cache=folder / "cache", graphs=found)
+
+
+@pytest.fixture
+def onnx_model(exported, monkeypatch):
+    """The exported tiny model, its cache this test's."""
+    monkeypatch.setenv("STYLIZE_CACHE", str(exported.cache))
+    return exported.model
 
 
 @pytest.fixture
@@ -68,6 +93,22 @@ def test_wct_gives_the_features_the_target_mean_and_covariance():
     assert torch.allclose(got_mean, mean, atol=1e-3)
     assert torch.allclose(got_cov, cov, atol=1e-2 * float(cov.abs().max()))
     assert torch.equal(wct(content, [colouring(mean, cov)], 0.0), content)  # alpha 0: the photo's own features
+
+
+def test_the_numpy_transform_is_the_pytorch_one():
+    """models/whitening.py (the ONNX Runtime engine's) against models/wct.py (the PyTorch engine's)."""
+    torch.manual_seed(2)
+    content = torch.randn(1, 6, 12, 10) @ torch.randn(10, 10)
+    target = torch.randn(1, 6, 30, 10) * 2 + 1
+    ref = wct(content, [colouring(*covariance(target))], 1.0).numpy()
+    target_stats = [a.numpy() for a in covariance(target)]
+    matrix, shift = whitening.transform(*(a.numpy() for a in covariance(content)), whitening.colouring(*target_stats))
+    got = (matrix @ content[0].reshape(6, -1).numpy() + shift).reshape(ref.shape)
+    assert matrix.dtype == np.float32 and np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+    f = content[0].reshape(6, -1)
+    mean = f.mean(1, keepdim=True)
+    assert all(np.allclose(a, b.numpy()) for a, b in zip(
+        whitening.statistics(mean.numpy(), ((f - mean) @ (f - mean).T).numpy(), 120), covariance(content)))
 
 
 def test_mixing_pools_the_paintings_statistics():
@@ -106,15 +147,43 @@ def test_a_white_mask_gives_the_first_painting_alone(wct_model, files, tmp_path)
     assert np.abs(masked - alone).max() <= 1
 
 
-def test_wct_runs_on_pytorch_and_onnx_runtime_refuses_it(wct_model):
-    cfg = ApplyConfig(model=str(wct_model), styles=["x.png"], device="cpu", runtime="auto")
+def test_wct_runs_on_pytorch_where_asked_and_masks_stay_there(wct_model):
+    cfg = ApplyConfig(model=str(wct_model), styles=["x.png"], device="cpu", runtime="torch")
     assert isinstance(open_stylizer(cfg), WCTStylizer)
-    with pytest.raises(StylizeError, match="--runtime onnx does not cover WCT"):
-        open_stylizer(ApplyConfig(model=str(wct_model), device="cpu", runtime="onnx"))
-    with pytest.raises(StylizeError, match="no ONNX graph"):
+    with pytest.raises(StylizeError, match="--runtime onnx does not cover --mask"):
+        open_stylizer(ApplyConfig(model=str(wct_model), styles=["a.png", "b.png"], mask="m.png", device="cpu",
+                                  runtime="onnx"))
+    with pytest.raises(StylizeError, match="one graph per part"):
         from stylize.apply.engines.export import export_onnx
 
         export_onnx(wct_model, wct_model.with_suffix(".onnx"))
+
+
+@pytest.mark.slow  # an ONNX export
+def test_onnx_runtime_gives_the_pytorch_picture(onnx_model, files, tmp_path):
+    photo, a, b = files
+    assert graphs.parts(onnx_model) == ["enc-block3_expand", "dec-block3_expand", "enc-block1_expand", "dec-block1_expand"]
+    cfg = ApplyConfig(model=str(onnx_model), styles=[str(a)], device="cpu", runtime="auto")
+    assert isinstance(open_stylizer(cfg), OnnxWCT)
+    for i, args in enumerate([("--style", str(a)), ("--style", f"{a}=0.3", "--style", f"{b}=0.7", "--style-weight", "0.6")]):
+        fast = apply(onnx_model, photo, tmp_path / f"fast{i}.png", "--runtime", "onnx", *args)
+        slow = apply(onnx_model, photo, tmp_path / f"slow{i}.png", "--runtime", "torch", *args)
+        assert np.abs(fast - slow).max() <= 2 and np.abs(fast - slow).mean() < 0.05
+    zero = apply(onnx_model, photo, tmp_path / "zero.png", "--runtime", "onnx", "--style", str(a), "--style-weight", "0")
+    assert np.array_equal(zero, np.asarray(Image.open(photo).convert("RGB"), np.float32))
+
+
+@pytest.mark.slow  # a process, an ONNX export
+def test_the_onnx_runtime_path_does_not_import_torch(onnx_model, files, tmp_path):
+    photo, a, _ = files
+    code = ("import sys; from stylize.cli import main; sys.argv = sys.argv[1:]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    out = subprocess.run([sys.executable, "-c", code, "stylize", "apply", str(photo), "--model", str(onnx_model),
+                          "--style", str(a), "--out", str(tmp_path / "fast.png"), "--device", "cpu"],
+                         env=dict(os.environ, STYLIZE_RUNTIME="auto"), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "no torch" in out.stdout and (tmp_path / "fast.png").exists()
 
 
 def test_a_painting_is_required(wct_model, files):
@@ -132,8 +201,9 @@ def test_info_describes_it(wct_model):
     assert r.exit_code == 0 and "tiny_wct" in r.output
 
 
-@pytest.mark.parametrize("damage", ["levels", "weights", "cut"])
-def test_a_damaged_wct_file_is_refused_in_one_line(tmp_path, files, damage):
+@pytest.mark.parametrize("damage, runtime", [("levels", "torch"), ("weights", "torch"), ("cut", "torch"),
+                                             ("levels", "onnx")])
+def test_a_damaged_wct_file_is_refused_in_one_line(tmp_path, files, damage, runtime):
     rec = wct_record()
     if damage == "levels":
         rec["net"]["levels"] = "block9_expand:1"
@@ -143,7 +213,7 @@ def test_a_damaged_wct_file_is_refused_in_one_line(tmp_path, files, damage):
     if damage == "cut":
         path.write_bytes(path.read_bytes()[:-100])
     r = CliRunner().invoke(app, ["apply", str(files[0]), "--model", str(path), "--style", str(files[1]),
-                                 "-o", str(tmp_path / "out.png")])
+                                 "-o", str(tmp_path / "out.png"), "--runtime", runtime])
     why = {"levels": "settings do not build", "weights": "weights lack decoders.block1_expand", "cut": "cut short"}
     assert r.exit_code == 1 and "bad.safetensors" in r.output and why[damage] in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "out.png").exists()

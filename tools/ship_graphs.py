@@ -8,7 +8,7 @@ no longer shipped are removed. tests/test_readme.py checks that every shipped mo
 What is shipped: for a transformer model, the graph of its default request (no --style, full
 strength: the README's main command) and, for a strength-conditioned one, its general graph
 (--style-weight, the web page's slider, mixing); for an arbitrary-style model, its one graph; for
-a WCT model none (it runs on PyTorch: ONNX has no eigendecomposition).
+a WCT model its parts, an encoder and a decoder per level (graphs.parts).
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ import argparse
 from pathlib import Path
 
 from stylize.models import modelfile
-from stylize.apply.engines.export import export_onnx
-from stylize.apply.engines.graphs import SHIPPED_GRAPHS, shipped_graph
+from stylize.apply.engines.export import export_onnx, export_wct
+from stylize.apply.engines.graphs import SHIPPED_GRAPHS, parts, shipped_graph
 
 
 def wanted(model: Path) -> list[Path]:
     record = modelfile.read_record(model)
-    if record["kind"] == "wct":  # no graph: choose.py runs it on PyTorch
-        return []
+    if record["kind"] == "wct":  # its parts, exported together
+        return [shipped_graph(model, part=p) for p in parts(model)]
     net = record["net"]
     if net.get("style_dim"):  # arbitrary: one graph
         return [shipped_graph(model)]
@@ -36,8 +36,14 @@ def main() -> None:
     args = ap.parse_args()
     keep = set()
     for model in modelfile.models_in(args.weights):
-        for graph in wanted(model):
-            keep.add(graph)
+        graphs = wanted(model)
+        keep.update(graphs)
+        if modelfile.read_record(model)["kind"] == "wct" and not all(g.exists() for g in graphs):
+            report = export_wct(model, dict(zip(parts(model), graphs)))
+            print(f"wrote {len(graphs)} graphs of {model.name} ({sum(g.stat().st_size for g in graphs) / 2**20:.1f} MB, "
+                  f"{report.seconds:.0f} s, largest difference {report.max_difference:.1e})")
+            continue
+        for graph in graphs:
             if graph.exists():
                 print(f"{graph.name}: up to date")
                 continue

@@ -1,6 +1,7 @@
 """Which engine runs a request: ONNX Runtime on the CPU where it covers the request (faster start
-and forward, engines/onnx_runtime.py), else PyTorch (engines/pytorch.py; engines/wct.py for WCT
-models), or the optimization (engines/optimize.py). Above the engines: they never import it."""
+and forward, engines/onnx_runtime.py; engines/onnx_wct.py for WCT models), else PyTorch
+(engines/pytorch.py; engines/wct.py for WCT models), or the optimization (engines/optimize.py).
+Above the engines: they never import it."""
 from __future__ import annotations
 
 from typing import Callable
@@ -14,7 +15,7 @@ def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = No
                   tile_progress: Callable[[int, int], None] | None = None,
                   step_progress: Callable[[int, int], None] | None = None):
     """The engine for a request (recipe.Stylizer): ONNX Runtime where it covers it, else PyTorch
-    (masks, tiles, --color-method match, interpolating paintings, WCT models, GPUs).
+    (masks, tiles, --color-method match, interpolating paintings with an AdaIN or arbitrary model, GPUs).
     `config.runtime` "onnx" refuses what ONNX Runtime does not cover; "torch" never uses it. With `config.optimize`, no
     model: the optimization (optimize.py), its steps to `step_progress`."""
     from stylize.apply.engines import graphs, onnx_runtime
@@ -43,8 +44,6 @@ def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = No
         return torch_stylizer()
     why = ("onnxruntime is not installed" if not onnx_runtime.installed() else "--mask" if c.mask else
            "--tile" if c.tile else "--color-method match" if c.match_color else None)
-    if why is None and _kind(c.model) == "wct":  # ONNX has no eigendecomposition, which WCT needs per photo
-        why = "WCT models (an eigendecomposition per photo)"
     if why is None:
         default = not c.styles and c.strength == 1.0  # transformer models have a faster graph for it
         if c.strength != 1.0 and not graphs.exists(c.model, default):  # refused before an export of seconds
@@ -54,15 +53,8 @@ def open_stylizer(config: ApplyConfig, notice: Callable[[str], None] | None = No
             check_strength(c.strength, d["name"], d["kind"] == "adain" or d["strength"])
         fast = graphs.load(c.model, c.style_size, c.memory_mb, notice, torch_stylizer, default)
         if not isinstance(fast, onnx_runtime.OnnxStylizer) or not (fast.adaptive and c.styles and len(c.styles) > 1):
-            return fast  # (or the PyTorch one, where the ONNX cache cannot be written)
+            return fast  # (OnnxWCT mixes paintings; the PyTorch one where the ONNX cache cannot be written)
         why = "style interpolation"
     if c.runtime == "onnx":
         raise StylizeError(f"--runtime onnx does not cover {why}; use --runtime torch or auto")
     return torch_stylizer()
-
-
-def _kind(model) -> str | None:
-    """A model file's kind, from its record alone (torch-free: a header, or a pickled record)."""
-    from stylize.models import modelfile
-
-    return modelfile.read_record(model).get("kind")

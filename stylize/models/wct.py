@@ -23,53 +23,13 @@ Departures from the paper, and why:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFilter
 from torch import nn
 
 from stylize.features.efficientnet import LiteFeatures
-
-# EfficientNet-Lite0 expansion taps a decoder can invert: tap -> (channels, halvings of resolution)
-LEVELS = {"block8_expand": (480, 4), "block5_expand": (240, 3), "block3_expand": (144, 2), "block1_expand": (96, 1)}
-ENCODERS = ("efficientnet-lite0",)
-EPS = 1e-5
-
-
-@dataclass
-class WCTConfig:
-    """A WCT model's settings (its record's "net")."""
-    # tap:strength, coarse to fine, as the study's --levels; a tuple of (tap, strength) pairs is taken too
-    levels: str | tuple = "block5_expand:1,block3_expand:0.6,block1_expand:0.3"
-    width: int = 16  # a decoder's channels at full resolution, doubled at each halving past the first
-    style_size: int = 512  # the painting's longer side, in pixels, at most
-    detail: float = 2.0  # radius of the Gaussian blur whose residual (the photo's finest band) is added back; 0: none
-    encoder: str = "efficientnet-lite0"
-
-    def __post_init__(self):
-        pairs = self.levels
-        if isinstance(pairs, str):
-            try:
-                pairs = tuple((t.strip(), float(s)) for t, _, s in (p.partition(":") for p in pairs.split(",")))
-            except ValueError:
-                raise ValueError(f"levels {self.levels!r}: not tap:strength,...") from None
-        taps = [t for t, s in pairs if t in LEVELS and 0 <= s <= 1]
-        if not pairs or len(set(taps)) < len(pairs):
-            raise ValueError(f"levels {self.levels!r}: each of {', '.join(LEVELS)} at most once, "
-                             "with a strength in [0, 1]")
-        self.levels = tuple((t, float(s)) for t, s in pairs)
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder {self.encoder!r} (known: {', '.join(ENCODERS)})")
-        if not (isinstance(self.width, int) and self.width >= 1 and isinstance(self.style_size, int)
-                and self.style_size >= 16 and 0 <= self.detail <= 64):
-            raise ValueError("width, style_size or detail out of range")
-
-    def to_dict(self) -> dict:
-        return {"levels": ",".join(f"{t}:{s:g}" for t, s in self.levels), "width": self.width,
-                "style_size": self.style_size, "detail": self.detail, "encoder": self.encoder}
+# the settings, mixing and the finest band are torch-free, shared with the ONNX Runtime engine
+from stylize.models.whitening import ENCODERS, EPS, LEVELS, WCTConfig, fine_band, mix  # noqa: F401
 
 
 def decoder(level: str, width: int = 16) -> nn.Sequential:
@@ -99,12 +59,6 @@ def covariance(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.double().cpu(), (a @ a.T).double().cpu() / max(a.shape[1] - 1, 1)
 
 
-def mix(stats: list[tuple[torch.Tensor, torch.Tensor]], weights: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Several paintings' (mean, covariance) -> those of their features pooled with these weights."""
-    mean = sum(w * m for (m, _), w in zip(stats, weights))
-    return mean, sum(w * (c + (m - mean) @ (m - mean).T) for (m, c), w in zip(stats, weights))
-
-
 def colouring(mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A painting's (mean, covariance) -> (mean, the covariance's square root): what wct gives whitened features."""
     e, v = torch.linalg.eigh(cov + EPS * torch.eye(cov.shape[0], dtype=cov.dtype))
@@ -130,13 +84,6 @@ def wct(content: torch.Tensor, targets: list[tuple[torch.Tensor, torch.Tensor]],
     return alpha * out + (1 - alpha) * content
 
 
-def fine_band(x: np.ndarray, radius: float) -> np.ndarray:
-    """(3, H, W) uint8 -> its finest band, the picture less its Gaussian blur (Pillow's), float32."""
-    im = Image.fromarray(np.ascontiguousarray(x.transpose(1, 2, 0)))
-    blurred = np.asarray(im.filter(ImageFilter.GaussianBlur(radius)), np.float32).transpose(2, 0, 1)
-    return x.astype(np.float32) - blurred
-
-
 class WCTNet(nn.Module):
     """The frozen encoder and one decoder per level."""
 
@@ -146,7 +93,7 @@ class WCTNet(nn.Module):
         self.taps = [t for t, _ in self.cfg.levels]
         self.encoder = LiteFeatures(self.taps)  # its weights come from the model file
         self.decoders = nn.ModuleDict({t: decoder(t, self.cfg.width) for t in self.taps})
-        self.multiple = 2 ** max(LEVELS[t][1] for t in self.taps)  # every level's decoder gives back its size
+        self.multiple = self.cfg.multiple  # every level's decoder gives back its size
 
     def style_stats(self, painting: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(1, 3, H, W) painting in [0, 1] -> each level's (mean, covariance)."""

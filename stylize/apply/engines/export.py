@@ -8,6 +8,8 @@ One graph per model, any height and width (dynamic axes):
   (1,) -> stylized.
 - arbitrary-style transformer models: image (1, 3, H, W), multiples of 4; style (1, 3, h, w);
   strength (1,) -> stylized.
+- WCT models: not one graph but an encoder and a decoder per level (export_wct); the transform
+  between them runs in numpy.
 The caller pads to the multiple (reflect) and crops, as the PyTorch path does (onnx_runtime.py).
 The graph's metadata ("stylize": JSON) carries kind, styles, strength, width, the multiple, and the
 sha256 of the model file it came from, so a runtime needs nothing else.
@@ -20,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +33,7 @@ from stylize.models import modelfile
 from stylize.errors import StylizeError
 from stylize.files import atomic_write
 from stylize.models.norms import Condition
+from stylize.models.whitening import LEVELS
 from stylize.files import file_sha256
 
 OPSET = 18
@@ -109,8 +113,8 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
     t0 = time.perf_counter()
     record = modelfile.load(model)
     if record.get("kind") == "wct":
-        raise StylizeError(f"{record['path']}: a WCT model has no ONNX graph (ONNX has no eigendecomposition); "
-                           "it runs on PyTorch")
+        raise StylizeError(f"{record['path']}: a WCT model has one graph per part, not one; "
+                           "graphs.wct_graphs exports them (export_wct)")
     stylizer = load_stylizer(record["path"], "cpu")
     adaptive = record.get("kind") == "adain"
     arbitrary = bool(record["net"].get("style_dim"))
@@ -149,22 +153,7 @@ def export_onnx(model: str | Path, out: str | Path, check: bool = True, default:
             args = ((image * 255).round().to(torch.uint8),)
             meta.update(default=True, network_strength=network_strength)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module.eval(), args, None, dynamo=True, input_names=names,
-                                        output_names=["stylized"], dynamic_shapes=dims, opset_version=OPSET,
-                                        optimize=True, verbose=False, report=False)
-    except ImportError as e:
-        raise StylizeError(f"ONNX export needs the onnx and onnxscript packages ({e}); pip install onnx onnxscript")
-    except Exception as e:  # the exporter's own errors are long; one line says which model and why
-        raise StylizeError(f"{record['path']}: ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0]})")
-    proto = program.model_proto
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "stylize", json.dumps(meta)
-    atomic_write(out, lambda f: f.write(proto.SerializeToString()), f".{out.name}.", ".part")
+    _write(out, _program(module, args, names, ["stylized"], dims, record["path"]), meta)
     worst = _check(out, stylizer, adaptive, arbitrary) if check else float("nan")
     if worst > 1e-3:
         out.unlink(missing_ok=True)
@@ -211,4 +200,155 @@ def _check(path: Path, stylizer, adaptive: bool, arbitrary: bool = False) -> flo
                 ref = stylizer(x, weights, strength)
             got = fast.stylize(x.numpy(), weights.tolist(), strength)
         worst = max(worst, float((torch.from_numpy(got) - ref.detach()).abs().max()))
+    return worst
+
+
+def _program(module: nn.Module, args: tuple, names: list[str], outputs: list[str], dims: dict, source):
+    """torch.onnx's export of `module` (its ModelProto), its errors as one StylizeError line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module.eval(), args, None, dynamo=True, input_names=names,
+                                        output_names=outputs, dynamic_shapes=dims, opset_version=OPSET,
+                                        optimize=True, verbose=False, report=False)
+    except ImportError as e:
+        raise StylizeError(f"ONNX export needs the onnx and onnxscript packages ({e}); pip install onnx onnxscript")
+    except Exception as e:  # the exporter's own errors are long; one line says which model and why
+        raise StylizeError(f"{source}: ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0]})")
+    return program.model_proto
+
+
+def _write(out: Path, proto, meta: dict) -> None:
+    """The graph at `out`, atomically, its metadata ("stylize": JSON) replacing the exporter's."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "stylize", json.dumps(meta)
+    atomic_write(out, lambda f: f.write(proto.SerializeToString()), f".{out.name}.", ".part")
+
+
+class _Encoder(nn.Module):
+    """A WCT model's encoder up to one tap: image (1, 3, H, W) in [0, 1] -> that tap's features, their
+    mean (C, 1) and centred Gram matrix (C, C), summed in float32 as models/wct.covariance."""
+
+    def __init__(self, encoder, tap: str):
+        super().__init__()
+        self.encoder, self.tap = encoder, tap
+
+    def forward(self, image):
+        f = self.encoder(image, last=self.tap)[self.tap]
+        a = f[0].flatten(1)
+        mean = a.mean(1, keepdim=True)
+        a = a - mean
+        return f, mean, a @ a.T
+
+
+class _Decoder(nn.Module):
+    """A level's transform applied and its decoder: features (1, C, h, w), the whitening-and-colouring
+    matrix (C, C) and shift (C, 1) (models/whitening.transform), alpha (1,) -> the picture, as
+    models/wct.wct and WCTNet.forward."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, features, matrix, shift, alpha):
+        y = torch.addmm(shift, matrix, features[0].flatten(1)).reshape(features.shape)
+        return self.decoder(alpha * y + (1 - alpha) * features).clamp(0, 1)
+
+
+def _same_padding(proto) -> None:
+    """Every convolution of an encoder graph padded as TensorFlow's "same" (ONNX's SAME_UPPER: the
+    extra pixel of an odd padding at the end), whatever the input's size. The encoder is traced with
+    constant padding (SameConv.static: the general formula on symbolic sizes took the exporter many
+    minutes), right only for sides that are multiples of the strides; a painting's are any."""
+    from onnx import helper
+
+    for node in proto.graph.node:
+        if node.op_type == "Conv":
+            kept = [a for a in node.attribute if a.name not in ("pads", "auto_pad")]
+            del node.attribute[:]
+            node.attribute.extend(kept + [helper.make_attribute("auto_pad", "SAME_UPPER")])
+    del proto.graph.value_info[:]  # shapes traced at multiples of the strides; ONNX Runtime infers its own
+
+
+def export_wct(model: str | Path, outs: dict[str, Path], check: bool = True) -> ExportReport:
+    """Write a WCT model's graphs (models/wct.py; engines/onnx_wct.py runs them), one per part in
+    `outs` ({"enc-TAP": path, "dec-TAP": path} per level), each checked against PyTorch:
+    - enc-TAP: image (1, 3, H, W) float in [0, 1], any H and W -> features (1, C, h, w) at TAP, their
+      mean (C, 1) and centred Gram matrix (C, C) (_Encoder);
+    - dec-TAP: features (1, C, h, w), h and w at least 2, matrix (C, C), shift (C, 1), alpha (1,) ->
+      picture (1, 3, H, W) clamped to [0, 1] (_Decoder).
+    The eigendecompositions between them are numpy's (models/whitening.py): ONNX has none."""
+    from stylize.features.efficientnet import SameConv
+    from stylize.models.wct import WCTConfig, WCTNet
+
+    t0 = time.perf_counter()
+    record = modelfile.load(model)
+    net = modelfile.build(record, lambda: WCTNet(WCTConfig(**record["net"])), record["state_dict"])
+    net.eval().requires_grad_(False)
+    meta = {"kind": "wct", "net": net.cfg.to_dict(), "multiple": net.multiple, "apply": record.get("apply") or {},
+            "source_sha256": file_sha256(Path(record["path"])), "stylize": __version__, "opset": OPSET,
+            "graph_version": GRAPH_VERSION}
+    image = torch.rand(1, 3, 2 * net.multiple, 3 * net.multiple)
+    side = {2: torch.export.Dim("h", min=1, max=4096) * net.multiple,
+            3: torch.export.Dim("w", min=1, max=4096) * net.multiple}
+    worst = 0.0
+    for part, out in outs.items():
+        kind, _, tap = part.partition("-")
+        if kind == "enc":
+            static = [m for m in net.encoder.modules() if isinstance(m, SameConv)]
+            for m in static:
+                m.static = True
+            try:
+                proto = _program(_Encoder(net.encoder, tap), (image,), ["image"], ["features", "mean", "gram"],
+                                 {"image": side}, record["path"])
+            finally:
+                for m in static:
+                    m.static = False
+            _same_padding(proto)
+        else:
+            args = _transform_args(LEVELS[tap][0], 3, 4, torch.Generator().manual_seed(0))
+            dims = {"features": {2: torch.export.Dim("fh", min=2, max=8192), 3: torch.export.Dim("fw", min=2, max=8192)},
+                    "matrix": None, "shift": None, "alpha": None}
+            proto = _program(_Decoder(net.decoders[tap]), args, list(dims), ["picture"], dims, record["path"])
+        _write(Path(out), proto, {**meta, "part": kind, "tap": tap})
+        if check:
+            worst = max(worst, _check_wct_part(Path(out), net, kind, tap))
+    if worst > 1e-3:
+        for out in outs.values():
+            Path(out).unlink(missing_ok=True)
+        raise StylizeError(f"ONNX export of {record['path']} differs from PyTorch by {worst:.2g}; not written")
+    return ExportReport(Path(next(iter(outs.values()))), worst, time.perf_counter() - t0)
+
+
+def _transform_args(channels: int, h: int, w: int, g: torch.Generator) -> tuple:
+    """A decoder graph's inputs, random: features, a matrix near the identity, a shift, alpha 0.6."""
+    return (torch.rand(1, channels, h, w, generator=g),
+            torch.eye(channels) + 0.1 * torch.randn(channels, channels, generator=g),
+            torch.randn(channels, 1, generator=g), torch.tensor([0.6]))
+
+
+def _check_wct_part(path: Path, net, kind: str, tap: str) -> float:
+    """Largest difference between a WCT graph in ONNX Runtime and PyTorch, relative to the largest
+    value of each output: an encoder's on images of odd sizes (a painting's), a decoder's on random
+    inputs."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for h, w in ((61, 90), (130, 97)):
+        if kind == "enc":
+            args = (torch.rand(1, 3, h, w, generator=g),)
+            module = _Encoder(net.encoder, tap)
+        else:
+            args = _transform_args(LEVELS[tap][0], h // 16 + 2, w // 16 + 2, g)
+            module = _Decoder(net.decoders[tap])
+        with torch.inference_mode():
+            refs = module(*args)
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+        for ref, out in zip(refs if isinstance(refs, tuple) else (refs,), got):
+            worst = max(worst, float(np.abs(out - ref.numpy()).max()) / max(1.0, float(ref.abs().max())))
     return worst

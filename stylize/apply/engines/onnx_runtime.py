@@ -10,7 +10,7 @@ Covered: whole-image passes of transformer models (style choice, mixing, strengt
 for any painting (arbitrary-style and AdaIN) with one painting; what happens around the network is
 the recipe's (recipe.py), as for PyTorch. Masks, --color-method match, style interpolation and images
 over the memory budget go to the PyTorch path (per-pixel conditions, recoloured paintings, tiling),
-as does --tile.
+as does --tile. WCT models run in onnx_wct.py (several graphs, numpy between them).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The WCT engine (recipe.Stylizer): a WCT model (models/wct.py) paints any painting, given at apply time.
 
-It runs on PyTorch, untiled, on the CPU as elsewhere: ONNX has no eigendecomposition, and each photo
-needs one per level (choose.py sends it here). A painting's statistics are read once per content
-(recipe.file_key) and kept; condition() mixes them into one colouring per level.
+It runs on PyTorch, untiled: on GPUs, under --runtime torch, and for what onnx_wct.py (the CPU engine,
+torch-free) does not cover, masks and --color-method match (choose.py sends it here). A painting's
+statistics are read once per content (recipe.file_key) and kept; condition() mixes them into one
+colouring per level.
 """
 from __future__ import annotations
 
