@@ -41,7 +41,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 from stylize.features.efficientnet import lite0_features  # noqa: E402
 from stylize.images import find_images  # noqa: E402
-from stylize.models.wct import LEVELS, colouring, covariance, decoder, fine_band, wct  # noqa: E402
+from stylize.models.wct import colouring, covariance, decoder, wct  # noqa: E402
+from stylize.models.whitening import LEVELS, fine_band  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -23,7 +23,8 @@ from stylize.apply.engines.wct import WCTStylizer
 from stylize.cli import app
 from stylize.errors import StylizeError
 from stylize.models import modelfile, whitening
-from stylize.models.wct import WCTConfig, WCTNet, colouring, covariance, mix, wct
+from stylize.models.wct import WCTNet, colouring, covariance, wct
+from stylize.models.whitening import WCTConfig, mix
 from stylize.settings import ApplyConfig
 
 

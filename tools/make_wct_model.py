@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from stylize import __version__  # noqa: E402
 from stylize.features.efficientnet import lite0_features  # noqa: E402
 from stylize.models import modelfile  # noqa: E402
-from stylize.models.wct import WCTConfig, WCTNet  # noqa: E402
+from stylize.models.wct import WCTNet  # noqa: E402
+from stylize.models.whitening import WCTConfig  # noqa: E402
 
 # How studies/wct_decoders.py trains a decoder (its `train`), recorded in the file's "train"
 TRAINING = {"recipe": "studies/wct_decoders.py train: reconstruction only (no painting), L1 pixel loss + 0.1 x "

@@ -29,7 +29,7 @@ from torch import nn
 
 from stylize.features.efficientnet import LiteFeatures
 # the settings, mixing and the finest band are torch-free, shared with the ONNX Runtime engine
-from stylize.models.whitening import ENCODERS, EPS, LEVELS, WCTConfig, fine_band, mix  # noqa: F401
+from stylize.models.whitening import EPS, LEVELS, WCTConfig
 
 
 def decoder(level: str, width: int = 16) -> nn.Sequential:

@@ -281,7 +281,8 @@ def export_wct(model: str | Path, outs: dict[str, Path], check: bool = True) -> 
       picture (1, 3, H, W) clamped to [0, 1] (_Decoder).
     The eigendecompositions between them are numpy's (models/whitening.py): ONNX has none."""
     from stylize.features.efficientnet import SameConv
-    from stylize.models.wct import WCTConfig, WCTNet
+    from stylize.models.wct import WCTNet
+    from stylize.models.whitening import WCTConfig
 
     t0 = time.perf_counter()
     record = modelfile.load(model)

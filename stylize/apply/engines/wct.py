@@ -25,7 +25,8 @@ class WCTStylizer:
     budget = 1 << 62  # runs untiled: the transform needs the whole photo's statistics
 
     def __init__(self, record: dict, device: str = "auto", style_size: int | None = None):
-        from stylize.models.wct import WCTConfig, WCTNet
+        from stylize.models.wct import WCTNet
+        from stylize.models.whitening import WCTConfig
 
         self.record, self.device = record, pick_device(device)
         self.name = Path(record["path"]).stem
@@ -47,7 +48,8 @@ class WCTStylizer:
         """Paintings (PATH or PATH=W) -> a Look: their weights, or with a mask [mask, 1 - mask]; its
         data one {tap: (mean, colouring)} per part: the paintings' mixed statistics, or with a mask
         each painting's own."""
-        from stylize.models.wct import colouring, mix
+        from stylize.models.wct import colouring
+        from stylize.models.whitening import mix
 
         _, weights, stats = self._stats.of_request(self.name, specs, photo, match_color)
         parts = [[s] for s in stats] if mask is not None else [stats]
@@ -67,7 +69,7 @@ class WCTStylizer:
         """(3, H, W) uint8, H and W multiples of `multiple` -> the levels' picture plus the photo's
         finest band, uint8. At strength 0 the photo itself: the decoders' reconstruction would be a
         slightly softer copy of it."""
-        from stylize.models.wct import fine_band
+        from stylize.models.whitening import fine_band
 
         if strength == 0:
             return x
