@@ -526,6 +526,12 @@ def open_page(browser, server, **options):
     return page
 
 
+def choose_photo_and_wait(page, photo: Path) -> None:
+    """Give the page a photo while the server's worker is held: the page then says it is waiting."""
+    page.set_input_files("#photo", str(photo))
+    page.wait_for_function("document.getElementById('status').textContent.includes('Waiting')")
+
+
 @pytest.mark.slow
 def test_the_page_works_by_keyboard(server, browser, tmp_path):
     make_photo(7, 64, 48).save(tmp_path / "photo.png")
@@ -580,8 +586,7 @@ def test_the_page_says_when_the_server_dies_mid_job(server, browser, tmp_path):
     page = open_page(browser, server)
     try:
         with worker_held(server.studio):
-            page.set_input_files("#photo", str(tmp_path / "photo.png"))
-            page.wait_for_function("document.getElementById('status').textContent.includes('Waiting')")
+            choose_photo_and_wait(page, tmp_path / "photo.png")
             server.srv.should_exit = True  # the server goes while the job waits
             server.thread.join(10)
         page.wait_for_function("document.getElementById('status').className === 'error'", timeout=10_000)
@@ -629,8 +634,7 @@ def test_moving_the_slider_replaces_the_waiting_picture(server, browser, tmp_pat
     page = open_page(browser, server)
     try:
         with worker_held(server.studio):
-            page.set_input_files("#photo", str(tmp_path / "photo.png"))
-            page.wait_for_function("document.getElementById('status').textContent.includes('Waiting')")
+            choose_photo_and_wait(page, tmp_path / "photo.png")
             page.focus("#strength")
             for _ in range(4):  # four moves, each after the page has sent the one before
                 page.keyboard.press("ArrowLeft")
