@@ -57,7 +57,7 @@ def train_runs(args) -> dict[str, dict]:
         if not out.exists():
             cfg = TrainConfig(style=[str(args.style)], content=str(args.content), out=str(out), norm=norm,
                               network="light-instance", all_strengths=False, iterations=args.iterations, seed=0,
-                              sample_every=args.iterations, checkpoint_every=0)
+                              sample_every=args.iterations, checkpoint_every=0, teacher=args.teacher)
             bar = tqdm(total=args.iterations, desc=norm, unit="it")
             t0 = time.perf_counter()
             train(cfg, lambda p: bar.update(1) if p.event == "step" else None)
@@ -182,6 +182,7 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "normalization")
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--norms", nargs="+", default=NORMS)
+    ap.add_argument("--teacher", help="train by distillation from this WCT model (e.g. wct; train --teacher)")
     ap.add_argument("--reference", action="append", default=[])
     ap.add_argument("--size", type=int, default=512, help="held-out photos: longest side")
     ap.add_argument("--quality", type=Path, default=QUALITY)
@@ -193,7 +194,7 @@ def main() -> None:
     models = stylizers(runs, args.reference)
     photos = [(p, load_image(p, max_size=args.size)[0]) for p in args.heldout]
     report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "iterations": args.iterations, "runs": runs,
+              "iterations": args.iterations, "teacher": args.teacher, "runs": runs,
               "heldout": heldout(models, photos, args, load_quality(args.quality))}
     crops = []
     for p in sorted(args.content.glob("*.jpg"))[:16]:

@@ -26,6 +26,9 @@ LOSS_NET_LAYERS = {
     "efficientnet-lite0": (["block5_expand"],
                            ["stem", "block1_expand", "block3_expand", "block5_expand", "block8_expand"]),
 }
+# distillation's features term (losses.TeacherLoss) when the settings name no content layers: finer
+# than the content term's, so that the teacher's marks, not only its layout, are matched
+TEACHER_LAYERS = {"efficientnet-lite0": ["block3_expand"], "vgg16": ["relu2_2"], "vgg19": ["relu2_2"], "random": ["relu2_2"]}
 LR_SCHEDULES = ("cosine", "constant")  # training.learning_rate
 TRANSFORMER_NETWORKS = ("johnson", "light", "light-instance")  # the transformer network's architectures (networks.py)
 NETWORKS = TRANSFORMER_NETWORKS + ("adain",)  # adain: the AdaIN encoder-decoder (adain.py), --norm adaptive only
@@ -76,6 +79,9 @@ class TrainConfig:
     # the loss network sees output and photo translated by up to this many pixels, anew each step
     # (losses.PerceptualLoss: it takes away the sub-pixel patterns that meet the loss cheaply)
     jitter: int = 0
+    # a WCT model (shipped name or file): the network learns to paint what it paints from each crop with
+    # the painting (train/teacher.py), by TeacherLoss instead of the perceptual loss; None: Johnson et al.
+    teacher: str | None = None
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
     # learning-rate multiple of what depends on the style: several styles' (CIN) tables; for
     # --norm adaptive, the predictor's bottleneck and projections (on top of their fan-in scaling).

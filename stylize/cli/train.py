@@ -45,6 +45,9 @@ def train(
     pixel_loss_weight: float = typer.Option(T.pixel_loss_weight, min=0, help="Pull of low-strength outputs toward the photo."),
     jitter: int = typer.Option(T.jitter, min=0, help="Translate output and photo by up to this many pixels before "
                                "the loss network, anew each step (takes away the fine hatching that meets the loss cheaply)."),
+    teacher: Optional[str] = typer.Option(T.teacher, metavar="MODEL", autocompletion=complete_models,
+                                          help="Distil: learn to paint what this WCT model (e.g. wct) paints "
+                                          "from each crop with the style, instead of the perceptual loss."),
     lr: float = typer.Option(T.lr, min=0, help="Learning rate (Adam)."),
     style_lr_scale: Optional[float] = typer.Option(T.style_lr_scale, min=0, help="Learning-rate multiple of what "
                                                    "depends on the style: several styles' tables; for --norm adaptive, "

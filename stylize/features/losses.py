@@ -223,3 +223,21 @@ class PerceptualLoss(nn.Module):
         if weights is not None:
             terms["total"] = sum(weights.get(k, 0.0) * v for k, v in terms.items())
         return terms
+
+
+class TeacherLoss(nn.Module):
+    """Distillation's loss (train/teacher.py): the output against the teacher's picture, L1 on the
+    pixels and, times the content weight, L1 on the loss network's features at `layers`. L1 rather
+    than squared error: a squared error averages the teacher's bright marks away into a grey blur."""
+
+    def __init__(self, net: nn.Module, layers: list[str]):
+        super().__init__()
+        self.net, self.layers = net, list(layers)
+
+    def forward(self, y: torch.Tensor, target: torch.Tensor, content_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        fy = self.net(y)
+        with torch.no_grad():
+            ft = self.net(target)
+        features = sum(F.l1_loss(fy[l], ft[l]) for l in self.layers) / len(self.layers)
+        pixel = F.l1_loss(y, target)
+        return {"content": features, "pixel": pixel, "total": pixel + content_weight * features}

@@ -84,6 +84,26 @@ def wct(content: torch.Tensor, targets: list[tuple[torch.Tensor, torch.Tensor]],
     return alpha * out + (1 - alpha) * content
 
 
+def picture(net: "WCTNet", x, targets: list[dict], strength: float = 1.0, masks: list[torch.Tensor] | None = None):
+    """(3, H, W) uint8 numpy photo, H and W multiples of net.multiple -> what the model paints, uint8:
+    the levels' picture plus the photo's finest band (which the decoders lose). At strength 0 the photo
+    itself: the decoders' reconstruction would be a slightly softer copy of it. The PyTorch engine
+    (apply/engines/wct.py) and the distillation teacher (train/teacher.py) both paint with this."""
+    import numpy as np
+
+    from stylize.models.whitening import fine_band
+
+    if strength == 0:
+        return x
+    device = next(net.parameters()).device
+    with torch.inference_mode():
+        y = net(torch.from_numpy(x)[None].to(device).float().div_(255), targets, strength, masks)
+        y = y[0].mul_(255).cpu().numpy()
+    if net.cfg.detail:
+        y += fine_band(x, net.cfg.detail)
+    return np.clip(y, 0, 255).round().astype(np.uint8)
+
+
 class WCTNet(nn.Module):
     """The frozen encoder and one decoder per level."""
 

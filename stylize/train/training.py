@@ -26,10 +26,10 @@ from stylize.images import load_style, style_files
 from stylize.train.data import batches, content_files, pick_loader
 from stylize.errors import StylizeError
 from stylize.images import load_image, save_image
-from stylize.features.losses import PerceptualLoss, draw_shift
+from stylize.features.losses import PerceptualLoss, TeacherLoss, draw_shift
 from stylize.models.networks import NetConfig, TransformerNet
 from stylize.models.norms import Condition
-from stylize.settings import (LOSS_NET_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_LR_SCALE, STYLE_SIZE, TrainConfig,
+from stylize.settings import (LOSS_NET_LAYERS, TEACHER_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_LR_SCALE, STYLE_SIZE, TrainConfig,
                        style_loss_for)
 from stylize.features.vgg import loss_network, resolve_loss_net
 
@@ -249,6 +249,16 @@ class TransformerRecipe:
         self.net = TransformerNet(NetConfig(norm, len(names), cfg.all_strengths, cfg.width, cfg.network,
                                             output=cfg.output)).to(device)
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
+        self.teacher = None
+        if cfg.teacher:  # distillation (teacher.py)
+            from stylize.train.teacher import Teacher
+
+            self.teacher = Teacher(cfg.teacher, style_files(cfg.style), device)
+            if cfg.image_size % self.teacher.net.multiple or cfg.image_size < 2 * self.teacher.net.multiple:
+                raise StylizeError(f"--image-size {cfg.image_size}: --teacher {cfg.teacher} needs a multiple of "
+                                   f"{self.teacher.net.multiple} of at least {2 * self.teacher.net.multiple}")
+            self.loss = TeacherLoss(loss_network(cfg.loss_net, cfg.content_layers, cfg.vgg_weights), cfg.content_layers)
+            return
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers,
                                    style_loss_for(cfg.loss_net, cfg.style_loss)).to(device)
@@ -267,7 +277,7 @@ class TransformerRecipe:
         b, n_styles = self.cfg.batch_size, len(self.names)  # the whole batch, over every process
         style_index = torch.randint(n_styles, (b,), generator=draws)  # drawn even for a skipped batch,
         strength = sample_strengths(b, draws) if self.cfg.all_strengths else torch.ones(b)  # so resume stays in step
-        directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
+        directions = None if self.teacher else self.loss.draw_directions(draws)  # sliced style loss only, else None
         shift = jitter(self.cfg, draws)
         if x is None:
             return None, 0
@@ -275,6 +285,8 @@ class TransformerRecipe:
         si, st = speed.to_device(style_index[:len(x)], self.device), speed.to_device(strength[:len(x)], self.device)
         cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.all_strengths else None)
         y = self.model(x, cond)
+        if self.teacher is not None:
+            return self.loss(y, self.teacher(x, si, cond.strength), self.cfg.content_loss_weight), len(x)
         return self.loss(y, x, si, st, self.weights, directions, shift=shift), len(x)
 
     def param_groups(self) -> list[dict]:
@@ -425,7 +437,7 @@ class PredictionRecipe:
         self.loss.set_style_features([features])
         if self.cfg.color_loss_weight:
             self.loss.set_colors([painting.to(self.device)])
-        directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
+        directions = None if self.teacher else self.loss.draw_directions(draws)  # sliced style loss only, else None
         shift = jitter(self.cfg, draws)
         if x is None:
             return None, 0
@@ -531,6 +543,8 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         raise StylizeError("no style image; pass --style IMAGE (several, or a folder, for --norm conditional)")
     if cfg.network not in NETWORKS:
         raise StylizeError(f"unknown network {cfg.network!r}; choose one of {', '.join(NETWORKS)}")
+    if cfg.teacher and cfg.norm == "adaptive":
+        raise StylizeError("--teacher trains a network of fixed styles; --norm adaptive paints any painting already")
     if cfg.network == "adain" and cfg.norm != "adaptive":
         raise StylizeError("--network adain is the AdaIN encoder-decoder: use it with --norm adaptive")
     # every "auto" and unset layer list resolved here, so the model file records what it was trained with
@@ -538,6 +552,8 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
     if ckpt is None:
         progress(Progress(0, cfg.iterations, {}, 0, "loss_net", note=f"loss network: {loss_net} ({why})"))
     content_layers, style_layers = LOSS_NET_LAYERS[loss_net]
+    if cfg.teacher:
+        content_layers = TEACHER_LAYERS[loss_net]
     cfg = replace(cfg, loss_net=loss_net, style_loss=style_loss_for(loss_net, cfg.style_loss),
                   content_layers=cfg.content_layers or content_layers, style_layers=cfg.style_layers or style_layers,
                   style_size=cfg.style_size or STYLE_SIZE["adaptive" if cfg.norm == "adaptive" else "fixed"],

@@ -64,20 +64,11 @@ class WCTStylizer:
     load_mask = staticmethod(paintings.mask_array)
     run = paintings.run
 
-    @torch.inference_mode()
     def network(self, x: np.ndarray, look: Look, strength: float) -> np.ndarray:
-        """(3, H, W) uint8, H and W multiples of `multiple` -> the levels' picture plus the photo's
-        finest band, uint8. At strength 0 the photo itself: the decoders' reconstruction would be a
-        slightly softer copy of it."""
-        from stylize.models.whitening import fine_band
+        """(3, H, W) uint8, H and W multiples of `multiple` -> models/wct.picture, uint8."""
+        from stylize.models.wct import picture
 
-        if strength == 0:
-            return x
         masks = None
         if look.weights.ndim == 3:
             masks = list(torch.from_numpy(look.weights)[:, None, None].to(self.device))
-        y = self.net(torch.from_numpy(x)[None].to(self.device).float().div_(255), look.data, strength, masks)
-        y = y[0].mul_(255).cpu().numpy()
-        if self.net.cfg.detail:  # the photo's finest band, which the decoders lose
-            y += fine_band(x, self.net.cfg.detail)
-        return np.clip(y, 0, 255).round().astype(np.uint8)
+        return picture(self.net, x, look.data, strength, masks)
