@@ -8,7 +8,7 @@ no longer shipped are removed. tests/test_readme.py checks that every shipped mo
 What is shipped: for a transformer model, the graph of its default request (no --style, full
 strength: the README's main command) and, for a strength-conditioned one, its general graph
 (--style-weight, the web page's slider, mixing); for an arbitrary-style model, its one graph; for
-a WCT model its parts, an encoder and a decoder per level (graphs.parts).
+a WCT model its parts, an encoder per level and the paint graph (graphs.parts).
 """
 from __future__ import annotations
 

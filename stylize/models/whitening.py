@@ -1,10 +1,10 @@
 """WCT's settings and its numpy side, torch-free: what the ONNX Runtime engine (engines/onnx_wct.py)
-works out between the encoder and decoder graphs, and what models/wct.py (PyTorch) shares.
+works out between a painting's encoder graphs and the paint graph, and what models/wct.py (PyTorch)
+shares.
 
-As models/wct.wct: the statistics summed in float32 after centring (by the encoder graph), each
-eigendecomposition in float64 (eps * I added; the photo's eigenvalues clamped to at least eps), and
-the one C x C whitening-and-colouring matrix applied to the features in float32 (by the decoder
-graph: the large products run in ONNX Runtime's threads, not numpy's BLAS).
+As models/wct.colouring: a painting's statistics summed in float32 after centring (by the encoder
+graph), its covariance's square root by an eigendecomposition in float64 (eps * I added), once per
+painting; ONNX has no eigendecomposition. The photo's whitening is in the paint graph (models/wct.wct).
 """
 from __future__ import annotations
 
@@ -74,15 +74,6 @@ def colouring(mean: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """A painting's (mean, covariance) -> (mean, the covariance's square root): what wct gives whitened features."""
     e, v = np.linalg.eigh(cov + EPS * np.eye(cov.shape[0]))
     return mean, (v * np.sqrt(np.maximum(e, 0))) @ v.T
-
-
-def transform(mean: np.ndarray, cov: np.ndarray, target: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The photo's features' (mean, covariance) and a target's (mean, colouring) -> the one C x C
-    matrix and (C, 1) shift, float32, that whiten and colour the features (y = matrix @ f + shift;
-    the decoder graph applies them and the strength)."""
-    e, v = np.linalg.eigh(cov + EPS * np.eye(cov.shape[0]))
-    t = target[1] @ ((v / np.sqrt(np.maximum(e, EPS))) @ v.T)
-    return t.astype(np.float32), (target[0] - t @ mean).astype(np.float32)
 
 
 def fine_band(x: np.ndarray, radius: float) -> np.ndarray:

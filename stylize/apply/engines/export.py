@@ -8,8 +8,8 @@ One graph per model, any height and width (dynamic axes):
   (1,) -> stylized.
 - arbitrary-style transformer models: image (1, 3, H, W), multiples of 4; style (1, 3, h, w);
   strength (1,) -> stylized.
-- WCT models: not one graph but an encoder and a decoder per level (export_wct); the transform
-  between them runs in numpy.
+- WCT models: an encoder graph per level for the paintings' statistics and one graph, "paint", for
+  the photo (export_wct); only each painting's colouring (an eigendecomposition) runs in numpy.
 The caller pads to the multiple (reflect) and crops, as the PyTorch path does (onnx_runtime.py).
 The graph's metadata ("stylize": JSON) carries kind, styles, strength, width, the multiple, and the
 sha256 of the model file it came from, so a runtime needs nothing else.
@@ -33,7 +33,6 @@ from stylize.models import modelfile
 from stylize.errors import StylizeError
 from stylize.files import atomic_write
 from stylize.models.norms import Condition
-from stylize.models.whitening import LEVELS
 from stylize.files import file_sha256
 
 OPSET = 18
@@ -228,8 +227,9 @@ def _write(out: Path, proto, meta: dict) -> None:
 
 
 class _Encoder(nn.Module):
-    """A WCT model's encoder up to one tap: image (1, 3, H, W) in [0, 1] -> that tap's features, their
-    mean (C, 1) and centred Gram matrix (C, C), summed in float32 as models/wct.covariance."""
+    """A WCT model's encoder up to one tap, for a painting: image (1, 3, H, W) in [0, 1] -> that tap's
+    features, their mean (C, 1) and centred Gram matrix (C, C), summed in float32 as
+    models/wct.covariance."""
 
     def __init__(self, encoder, tap: str):
         super().__init__()
@@ -243,18 +243,36 @@ class _Encoder(nn.Module):
         return f, mean, a @ a.T
 
 
-class _Decoder(nn.Module):
-    """A level's transform applied and its decoder: features (1, C, h, w), the whitening-and-colouring
-    matrix (C, C) and shift (C, 1) (models/whitening.transform), alpha (1,) -> the picture, as
-    models/wct.wct and WCTNet.forward."""
+class _Paint(nn.Module):
+    """A WCT model painting a photo with one painting: image (1, 3, H, W) in [0, 1], then per level
+    the painting's mean (C, 1) and colouring (C, C) (models/wct.colouring), then strength (1,) ->
+    the picture clamped to [0, 1]: WCTNet.forward itself, the photo's whitening (wct's Newton-Schulz
+    iteration) included."""
 
-    def __init__(self, decoder):
+    def __init__(self, net):
         super().__init__()
-        self.decoder = decoder
+        self.net = net
 
-    def forward(self, features, matrix, shift, alpha):
-        y = torch.addmm(shift, matrix, features[0].flatten(1)).reshape(features.shape)
-        return self.decoder(alpha * y + (1 - alpha) * features).clamp(0, 1)
+    def forward(self, image, *inputs):
+        *stats, strength = inputs
+        return self.net(image, [{t: stats[2 * i: 2 * i + 2] for i, t in enumerate(self.net.taps)}], strength)
+
+
+def _paint_inputs(net) -> list[str]:
+    """The paint graph's input names, in _Paint's order."""
+    return ["image", *(f"{kind}_{t}" for t in net.taps for kind in ("mean", "colouring")), "strength"]
+
+
+def _paint_args(net, h: int, w: int, g: torch.Generator) -> tuple:
+    """The paint graph's inputs: a smooth, photo-like image of h x w and a random painting's
+    statistics, as engines/onnx_wct.py feeds them (float32), strength 0.6."""
+    from stylize.models.wct import colouring
+
+    photo, painting = (torch.nn.functional.interpolate(torch.rand(1, 3, a // 8 + 1, b // 8 + 1, generator=g),
+                                                       size=(a, b), mode="bilinear") for a, b in ((h, w), (80, 48)))
+    with torch.inference_mode():
+        stats = net.style_stats(painting)
+    return (photo, *(x.float() for t in net.taps for x in colouring(*stats[t])), torch.tensor([0.6]))
 
 
 def _same_padding(proto) -> None:
@@ -274,12 +292,14 @@ def _same_padding(proto) -> None:
 
 def export_wct(model: str | Path, outs: dict[str, Path], check: bool = True) -> ExportReport:
     """Write a WCT model's graphs (models/wct.py; engines/onnx_wct.py runs them), one per part in
-    `outs` ({"enc-TAP": path, "dec-TAP": path} per level), each checked against PyTorch:
-    - enc-TAP: image (1, 3, H, W) float in [0, 1], any H and W -> features (1, C, h, w) at TAP, their
-      mean (C, 1) and centred Gram matrix (C, C) (_Encoder);
-    - dec-TAP: features (1, C, h, w), h and w at least 2, matrix (C, C), shift (C, 1), alpha (1,) ->
-      picture (1, 3, H, W) clamped to [0, 1] (_Decoder).
-    The eigendecompositions between them are numpy's (models/whitening.py): ONNX has none."""
+    `outs` ({"enc-TAP": path} per level and {"paint": path}), each checked against PyTorch:
+    - enc-TAP, for a painting: image (1, 3, H, W) float in [0, 1], any H and W -> features (1, C, h, w)
+      at TAP, their mean (C, 1) and centred Gram matrix (C, C) (_Encoder);
+    - paint: image (1, 3, H, W) in [0, 1], H and W multiples of the model's multiple (at least twice
+      it), per level mean_TAP (C, 1) and colouring_TAP (C, C) float32, strength (1,) -> picture
+      (1, 3, H, W) clamped to [0, 1] (_Paint: WCTNet.forward, one painting, no mask).
+    Only the painting's colouring, an eigendecomposition (ONNX has none), is worked out between them,
+    once per painting (models/whitening.colouring); the photo's whitening is in the paint graph."""
     from stylize.features.efficientnet import SameConv
     from stylize.models.wct import WCTNet
     from stylize.models.whitening import WCTConfig
@@ -292,27 +312,38 @@ def export_wct(model: str | Path, outs: dict[str, Path], check: bool = True) -> 
             "source_sha256": file_sha256(Path(record["path"])), "stylize": __version__, "opset": OPSET,
             "graph_version": GRAPH_VERSION}
     image = torch.rand(1, 3, 2 * net.multiple, 3 * net.multiple)
-    side = {2: torch.export.Dim("h", min=1, max=4096) * net.multiple,
-            3: torch.export.Dim("w", min=1, max=4096) * net.multiple}
     worst = 0.0
     for part, out in outs.items():
         kind, _, tap = part.partition("-")
-        if kind == "enc":
-            static = [m for m in net.encoder.modules() if isinstance(m, SameConv)]
-            for m in static:
-                m.static = True
-            try:
+        # traced with constant padding (SameConv.static: the general formula on symbolic sizes took the
+        # exporter many minutes), right where the sides are multiples of the strides: always so in
+        # "paint" (the photo at multiples of the model's multiple, and each decoder gives back its
+        # input's size)
+        static = [m for m in net.encoder.modules() if isinstance(m, SameConv)]
+        for m in static:
+            m.static = True
+        try:
+            if kind == "enc":
+                side = {2: torch.export.Dim("h", min=1, max=4096) * net.multiple,
+                        3: torch.export.Dim("w", min=1, max=4096) * net.multiple}
                 proto = _program(_Encoder(net.encoder, tap), (image,), ["image"], ["features", "mean", "gram"],
                                  {"image": side}, record["path"])
-            finally:
-                for m in static:
-                    m.static = False
+            else:  # the coarsest level's features at least 2 x 2, as the engines pad (a reflection pad of 1)
+                side = {2: torch.export.Dim("h", min=2, max=4096) * net.multiple,
+                        3: torch.export.Dim("w", min=2, max=4096) * net.multiple}
+                names = _paint_inputs(net)
+                args = _paint_args(net, 2 * net.multiple, 3 * net.multiple, torch.Generator().manual_seed(0))
+                # the rest static: {} each, not None (torch.onnx takes a tuple of Nones for one input's
+                # axes and hands torch.export a list where _Paint's *inputs are a tuple)
+                proto = _program(_Paint(net), args, names, ["picture"], (side, ({},) * (len(names) - 1)),
+                                 record["path"])
+        finally:
+            for m in static:
+                m.static = False
+        # a painting's sides are any: "same" padding whatever the size; not in "paint", where it would
+        # also pad the decoders' convolutions (ReflectionPad2d pads them; theirs are 0)
+        if kind == "enc":
             _same_padding(proto)
-        else:
-            args = _transform_args(LEVELS[tap][0], 3, 4, torch.Generator().manual_seed(0))
-            dims = {"features": {2: torch.export.Dim("fh", min=2, max=8192), 3: torch.export.Dim("fw", min=2, max=8192)},
-                    "matrix": None, "shift": None, "alpha": None}
-            proto = _program(_Decoder(net.decoders[tap]), args, list(dims), ["picture"], dims, record["path"])
         _write(Path(out), proto, {**meta, "part": kind, "tap": tap})
         if check:
             worst = max(worst, _check_wct_part(Path(out), net, kind, tap))
@@ -323,17 +354,10 @@ def export_wct(model: str | Path, outs: dict[str, Path], check: bool = True) -> 
     return ExportReport(Path(next(iter(outs.values()))), worst, time.perf_counter() - t0)
 
 
-def _transform_args(channels: int, h: int, w: int, g: torch.Generator) -> tuple:
-    """A decoder graph's inputs, random: features, a matrix near the identity, a shift, alpha 0.6."""
-    return (torch.rand(1, channels, h, w, generator=g),
-            torch.eye(channels) + 0.1 * torch.randn(channels, channels, generator=g),
-            torch.randn(channels, 1, generator=g), torch.tensor([0.6]))
-
-
 def _check_wct_part(path: Path, net, kind: str, tap: str) -> float:
-    """Largest difference between a WCT graph in ONNX Runtime and PyTorch, relative to the largest
-    value of each output: an encoder's on images of odd sizes (a painting's), a decoder's on random
-    inputs."""
+    """Largest difference between a WCT graph in ONNX Runtime and PyTorch (the encoder's general "same"
+    padding), relative to the largest value of each output: an encoder's on images of odd sizes (a
+    painting's), the paint graph's on photos of multiples of the model's multiple."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -345,8 +369,9 @@ def _check_wct_part(path: Path, net, kind: str, tap: str) -> float:
             args = (torch.rand(1, 3, h, w, generator=g),)
             module = _Encoder(net.encoder, tap)
         else:
-            args = _transform_args(LEVELS[tap][0], h // 16 + 2, w // 16 + 2, g)
-            module = _Decoder(net.decoders[tap])
+            m = net.multiple
+            args = _paint_args(net, max(2, h // m) * m, max(2, w // m) * m, g)
+            module = _Paint(net)
         with torch.inference_mode():
             refs = module(*args)
         got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})

@@ -1,8 +1,8 @@
 """Which ONNX graph a model runs on the CPU, and where it comes from: shipped beside the model
 (weights/onnx/), or exported once into a cache keyed by the model file's sha256 (export.py, which
 needs torch) and read from there by later runs, which never import torch (onnx_runtime.py runs it).
-A WCT model's graphs come in parts, an encoder and a decoder per level (`parts`; onnx_wct.py runs
-them), cached, shipped and rebuilt together.
+A WCT model's graphs come in parts, an encoder per level for the paintings and one graph that paints
+the photo (`parts`; onnx_wct.py runs them), cached, shipped and rebuilt together.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def cache_dir() -> Path:
 
 
 def parts(model: str | Path) -> list[str]:
-    """The parts a model's graphs come in: [""], one graph; for a WCT model "enc-TAP" and "dec-TAP"
-    per level (export.export_wct)."""
+    """The parts a model's graphs come in: [""], one graph; for a WCT model "enc-TAP" per level and
+    "paint" (export.export_wct)."""
     record = modelfile.read_record(model)
     if record.get("kind") != "wct":
         return [""]
@@ -37,7 +37,7 @@ def parts(model: str | Path) -> list[str]:
         levels = WCTConfig(**record["net"]).levels
     except (TypeError, ValueError) as e:
         raise StylizeError(f"{record.get('path', model)}: damaged model file: its WCT settings do not build ({e})")
-    return [f"{kind}-{tap}" for tap, _ in levels for kind in ("enc", "dec")]
+    return [f"enc-{tap}" for tap, _ in levels] + ["paint"]
 
 
 def cached_graphs(model: str | Path, notice: Callable[[str], None] | None = None,
@@ -79,7 +79,7 @@ _DIGESTS: dict = {}
 
 def _digest(path: Path) -> str:
     """The model file's sha256, hashed once per content (recipe.file_key) in a process: a WCT model's
-    six graphs ask for it a dozen times."""
+    four graphs ask for it several times."""
     key = file_key(path)
     if key not in _DIGESTS:
         _DIGESTS[key] = file_sha256(path)

@@ -1,9 +1,10 @@
 """The WCT engine on ONNX Runtime (recipe.Stylizer), without importing torch: a WCT model
-(models/wct.py) as an encoder and a decoder graph per level (export.export_wct; graphs.py caches and
-ships them): each level's encoder graph gives the features and their statistics, numpy works
-out the whitening-and-colouring matrix from them (models/whitening.py: the eigendecompositions),
-and the decoder graph applies it and decodes; as engines/wct.py does it in PyTorch. Why: importing
-torch was half of a one-photo run (issue 30; figures in the README).
+(models/wct.py) as an encoder graph per level and one paint graph (export.export_wct; graphs.py
+caches and ships them). A painting's encoder graphs give its statistics, from which numpy works out
+its colouring once (models/whitening.py: an eigendecomposition, which ONNX lacks); the paint graph
+takes the photo, those colourings and the strength and does the rest, the photo's whitening
+included (models/wct.wct), as engines/wct.py does it in PyTorch. Why: importing torch was half of a
+one-photo run (issue 30; figures in the README).
 
 Covered: one painting or several mixed by weight, and --style-weight. Masks and --color-method
 match stay on the PyTorch engine (choose.py sends them there).
@@ -20,13 +21,13 @@ from stylize.apply.engines.onnx_runtime import session_options
 from stylize.apply.recipe import Look
 from stylize.errors import StylizeError
 from stylize.images import check_style, read_array
-from stylize.models.whitening import WCTConfig, colouring, fine_band, mix, statistics, transform
+from stylize.models.whitening import WCTConfig, colouring, fine_band, mix, statistics
 
 CACHED_PAINTINGS = 8  # a long-lived process (stylize serve) sees many paintings
 
 
 class OnnxWCT:
-    """A WCT model's graphs ({"enc-TAP": path, "dec-TAP": path} per level) in ONNX Runtime sessions."""
+    """A WCT model's graphs ({"enc-TAP": path} per level and {"paint": path}) in ONNX Runtime sessions."""
 
     budget = 1 << 62  # runs untiled: the transform needs the whole photo's statistics
 
@@ -35,7 +36,8 @@ class OnnxWCT:
 
         self.sessions, meta = {}, None
         options = session_options(ort)
-        # without an arena per session: six of them held 640 MB at 1024x768, without 300, in the same time
+        # without an arena per session: the six graphs of old (a decoder per level) held 640 MB at
+        # 1024x768 with, 300 without, in the same time
         options.enable_cpu_mem_arena = False
         for part, graph in graphs.items():
             try:
@@ -54,10 +56,10 @@ class OnnxWCT:
         self.style_size = style_size or cfg.style_size
         self._stats: dict = {}
 
-    def _encode(self, tap: str, x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-        """(1, 3, H, W) in [0, 1] -> the features at `tap` and their (mean, covariance)."""
+    def _statistics(self, tap: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(1, 3, H, W) painting in [0, 1] -> its features' (mean, covariance) at `tap`."""
         f, mean, gram = self.sessions[f"enc-{tap}"].run(None, {"image": x})
-        return f, statistics(mean, gram, f.shape[2] * f.shape[3])
+        return statistics(mean, gram, f.shape[2] * f.shape[3])
 
     def _painting(self, path: str) -> dict:
         """A painting's {tap: (mean, covariance)}, read once per content (recipe.file_key)."""
@@ -67,7 +69,7 @@ class OnnxWCT:
             check_style(path, style.shape)
             while len(self._stats) >= CACHED_PAINTINGS:
                 self._stats.pop(next(iter(self._stats)))
-            self._stats[key] = {t: self._encode(t, style[None])[1] for t, _ in self.levels}
+            self._stats[key] = {t: self._statistics(t, style[None]) for t, _ in self.levels}
         return self._stats[key]
 
     def condition(self, specs: list[str] | None, mask=None, photo=None, match_color: bool = False) -> Look:
@@ -91,21 +93,15 @@ class OnnxWCT:
         raise StylizeError("masks run on the PyTorch path; use --runtime torch")
 
     def network(self, x: np.ndarray, look: Look, strength: float) -> np.ndarray:
-        """(3, H, W) uint8, H and W multiples of `multiple` -> each level encoded, transformed and
-        decoded, plus the photo's finest band, uint8; at strength 0 the photo itself (engines/wct.py)."""
+        """(3, H, W) uint8, H and W multiples of `multiple` -> the paint graph's picture (each level
+        encoded, whitened, coloured and decoded) plus the photo's finest band, uint8; at strength 0 the
+        photo itself (engines/wct.py)."""
         if strength == 0:
             return x
-        y = x[None].astype(np.float32) / 255
-        for tap, s in self.levels:
-            f, stats = self._encode(tap, y)
-            alpha = s * strength
-            if alpha:
-                matrix, shift = transform(*stats, look.data[tap])
-            else:  # the photo's own features
-                matrix, shift = np.eye(f.shape[1], dtype=np.float32), np.zeros((f.shape[1], 1), np.float32)
-            feed = {"features": f, "matrix": matrix, "shift": shift, "alpha": np.array([alpha], np.float32)}
-            y = self.sessions[f"dec-{tap}"].run(None, feed)[0]
-        y = y[0] * 255
+        feed = {"image": x[None].astype(np.float32) / 255, "strength": np.array([strength], np.float32)}
+        for tap, _ in self.levels:
+            feed[f"mean_{tap}"], feed[f"colouring_{tap}"] = (a.astype(np.float32) for a in look.data[tap])
+        y = self.sessions["paint"].run(None, feed)[0][0] * 255
         if self.detail:  # the photo's finest band, which the decoders lose
             y += fine_band(x, self.detail)
         return np.clip(y, 0, 255).round().astype(np.uint8)
