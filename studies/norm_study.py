@@ -75,15 +75,18 @@ def loss_plot(runs: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    keys = ("content", "style")
     for norm, run in runs.items():
         with open(Path(run["model"]).with_name(Path(run["model"]).stem + "_run") / "losses.csv") as f:
             rows = list(csv.DictReader(f))
         it = [int(r["iteration"]) for r in rows]
-        for ax, key in zip(axes, ("content", "style")):
+        if "style" not in rows[0]:  # distilled (--teacher): its terms are the pixel and feature distances
+            keys = ("pixel", "content")
+        for ax, key in zip(axes, keys):
             v = torch.tensor([float(r[key]) for r in rows])
             smooth = torch.nn.functional.avg_pool1d(v[None, None], 25, 1, 12, count_include_pad=False)[0, 0]
             ax.plot(it, smooth.numpy(), label=norm)
-    for ax, key in zip(axes, ("content", "style")):
+    for ax, key in zip(axes, keys):
         ax.set_title(f"{key} loss (training batches, moving mean of 25)")
         ax.set_xlabel("iteration")
         ax.set_yscale("log")
