@@ -20,7 +20,7 @@ def test_readme_main_command_uses_a_shipped_model_and_example_photo():
     assert (ROOT / "examples/chelsea.jpg").is_file()
     from stylize.settings import DEFAULT_MODEL
 
-    assert (ROOT / "weights" / f"{DEFAULT_MODEL}.pt").is_file()
+    assert any((ROOT / "weights" / f"{DEFAULT_MODEL}{suffix}").is_file() for suffix in (".safetensors", ".pt"))
 
 
 def readme_commands() -> list[str]:
