@@ -437,7 +437,7 @@ class PredictionRecipe:
         self.loss.set_style_features([features])
         if self.cfg.color_loss_weight:
             self.loss.set_colors([painting.to(self.device)])
-        directions = None if self.teacher else self.loss.draw_directions(draws)  # sliced style loss only, else None
+        directions = self.loss.draw_directions(draws)  # sliced style loss only, else None
         shift = jitter(self.cfg, draws)
         if x is None:
             return None, 0
