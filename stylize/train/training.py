@@ -257,7 +257,8 @@ class TransformerRecipe:
             if cfg.image_size % self.teacher.net.multiple or cfg.image_size < 2 * self.teacher.net.multiple:
                 raise StylizeError(f"--image-size {cfg.image_size}: --teacher {cfg.teacher} needs a multiple of "
                                    f"{self.teacher.net.multiple} of at least {2 * self.teacher.net.multiple}")
-            self.loss = TeacherLoss(loss_network(cfg.loss_net, cfg.content_layers, cfg.vgg_weights), cfg.content_layers)
+            self.loss = TeacherLoss(loss_network(cfg.loss_net, cfg.content_layers, cfg.vgg_weights),
+                                    cfg.content_layers).to(device)
             return
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers,
