@@ -8,7 +8,7 @@ writes, into --out:
   gallery_mix.jpg        the shipped multi-style model: two styles mixed in steps, then a mask
                          (left half one style, right half the other)
   gallery_multi.jpg      every style of the shipped multi-style model (at half --size)
-  gallery_arbitrary.jpg  the arbitrary-style model on textures made by tools/textures.py (ours, so
+  gallery_arbitrary.jpg  the any-painting model (settings.DEFAULT_ADAPTIVE_MODEL) on textures made by tools/textures.py (ours, so
                          the picture can be shipped), each texture at the head of its column
 
 With --paintings A B C D it also writes ../docs/arbitrary_examples.jpg: every example photo through
