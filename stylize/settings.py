@@ -26,9 +26,15 @@ LOSS_NET_LAYERS = {
     "efficientnet-lite0": (["block5_expand"],
                            ["stem", "block1_expand", "block3_expand", "block5_expand", "block8_expand"]),
 }
-# distillation's features term (losses.TeacherLoss) when the settings name no content layers: finer
-# than the content term's, so that the teacher's marks, not only its layout, are matched
-TEACHER_LAYERS = {"efficientnet-lite0": ["block3_expand"], "vgg16": ["relu2_2"], "vgg19": ["relu2_2"], "random": ["relu2_2"]}
+# distillation's layers (losses.TeacherLoss) when the settings name none, as (features, statistics):
+# the features term finer than the content term's, so that the teacher's marks, not only its layout,
+# are matched; the statistics term at a fine, a middle and a coarse layer
+_VGG_TEACHER = (["relu2_2"], ["relu1_2", "relu2_2", "relu3_3"])
+TEACHER_LAYERS = {"efficientnet-lite0": (["block3_expand"], ["block1_expand", "block3_expand", "block5_expand"]),
+                  "vgg16": _VGG_TEACHER, "vgg19": _VGG_TEACHER, "random": _VGG_TEACHER}
+# the weight of that statistics term: L1 alone regresses to the mean, and a student trained without
+# it kept 0.85 of its teacher's contrast (pixels and features alike) and few of its marks
+TEACHER_STATS_WEIGHT = 3.0
 LR_SCHEDULES = ("cosine", "constant")  # training.learning_rate
 TRANSFORMER_NETWORKS = ("johnson", "light", "light-instance")  # the transformer network's architectures (networks.py)
 NETWORKS = TRANSFORMER_NETWORKS + ("adain",)  # adain: the AdaIN encoder-decoder (adain.py), --norm adaptive only

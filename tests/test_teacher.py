@@ -12,7 +12,10 @@ from conftest import make_photo, tiny_config
 from stylize.apply.engines.wct import WCTStylizer
 from stylize.cli import app
 from stylize.errors import StylizeError
+from stylize.features.losses import TeacherLoss
+from stylize.features.vgg import loss_network
 from stylize.models import modelfile
+from stylize.settings import TEACHER_LAYERS
 from stylize.train.teacher import Teacher
 from stylize.train.training import train
 from test_wct import wct_record
@@ -49,6 +52,23 @@ def test_distillation_learns_the_teachers_picture(tmp_path, photos_dir, style_pa
     assert len(pixel) == 40 and set(rows[0]) >= {"pixel", "content", "total"}
     assert np.mean(pixel[-10:]) < 0.8 * np.mean(pixel[:10])
     assert modelfile.load(cfg.out)["train"]["teacher"] == str(teacher_model)  # the model file says how it was made
+
+
+def test_the_statistics_term_asks_for_the_teachers_contrast():
+    """A picture with the teacher's layout at half its contrast (what L1 alone regresses to) costs
+    more than the teacher's own picture, which costs nothing, and a step down the term's gradient
+    gives contrast back."""
+    features, stats = TEACHER_LAYERS["random"]
+    loss = TeacherLoss(loss_network("random", features + stats), features, stats)
+    target = torch.from_numpy(np.asarray(make_photo(3, 48, 40)).transpose(2, 0, 1).copy())[None].float() / 255
+    mean = target.mean((2, 3), keepdim=True)
+    flat = (mean + 0.5 * (target - mean)).requires_grad_()
+    assert loss(target, target)["style"].item() == 0
+    cost = loss(flat, target)["style"]
+    assert cost.item() > 0
+    cost.backward()
+    stepped = flat.detach() - 0.05 * flat.grad.sign()
+    assert stepped.std().item() > flat.detach().std().item()
 
 
 @pytest.mark.parametrize("what, change, says", [

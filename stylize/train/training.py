@@ -257,8 +257,8 @@ class TransformerRecipe:
             if cfg.image_size % self.teacher.net.multiple or cfg.image_size < 2 * self.teacher.net.multiple:
                 raise StylizeError(f"--image-size {cfg.image_size}: --teacher {cfg.teacher} needs a multiple of "
                                    f"{self.teacher.net.multiple} of at least {2 * self.teacher.net.multiple}")
-            self.loss = TeacherLoss(loss_network(cfg.loss_net, cfg.content_layers, cfg.vgg_weights),
-                                    cfg.content_layers).to(device)
+            self.loss = TeacherLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
+                                    cfg.content_layers, cfg.style_layers).to(device)
             return
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers,
@@ -554,7 +554,7 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         progress(Progress(0, cfg.iterations, {}, 0, "loss_net", note=f"loss network: {loss_net} ({why})"))
     content_layers, style_layers = LOSS_NET_LAYERS[loss_net]
     if cfg.teacher:
-        content_layers = TEACHER_LAYERS[loss_net]
+        content_layers, style_layers = TEACHER_LAYERS[loss_net]
     cfg = replace(cfg, loss_net=loss_net, style_loss=style_loss_for(loss_net, cfg.style_loss),
                   content_layers=cfg.content_layers or content_layers, style_layers=cfg.style_layers or style_layers,
                   style_size=cfg.style_size or STYLE_SIZE["adaptive" if cfg.norm == "adaptive" else "fixed"],
