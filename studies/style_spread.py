@@ -8,7 +8,7 @@ shipped arbitrary model gave 0.04-0.07, against 0.26-0.68 for `twelve_styles` (R
 painting": why `--style-lr-scale` multiplies the predictor's rate).
 
   python studies/style_spread.py --model weights/arbitrary.pt --paintings S [S ...]
-  python studies/style_spread.py --model weights/twelve_styles.pt
+  python studies/style_spread.py --model weights/twelve_styles.safetensors
 """
 from __future__ import annotations
 
