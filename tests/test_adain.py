@@ -108,6 +108,7 @@ def test_trained_adaptive_model_is_self_describing_and_applies_any_style(adain_m
     r = CliRunner().invoke(app, ["info", str(adain_model), "--json"])
     d = json.loads(r.output)
     assert d["norm"] == "adaptive" and d["styles"] == [] and "random vgg19" in d["encoder"]
+    assert d["use"].startswith("any painting") and "norm layers" in d["use"]
     photo, st1, st2 = tmp_path / "p.png", tmp_path / "a.png", tmp_path / "b.png"
     make_photo(5).save(photo)
     make_style(3).save(st1)

@@ -155,6 +155,9 @@ def test_describe(make_model):
     d = modelfile.describe(modelfile.load(make_model(norm="conditional", num_styles=2, styles=["a", "b"], name="duo")))
     assert d["name"] == "duo" and d["norm"] == "conditional" and d["styles"] == ["a", "b"]
     assert d["strength"] is True and d["checkpoint"] is False and d["width"] == 4
+    assert d["use"] == "the 2 styles it was trained on, each or mixed (--style NAME=WEIGHT)"
+    one = modelfile.describe(modelfile.load(make_model(styles=["a"], name="one")))
+    assert one["use"] == "the style it was trained on" and not modelfile.takes_paintings(one)
 
 
 def test_the_torch_free_reader_describes_models_and_checkpoints_as_the_full_one(trained):

@@ -609,6 +609,8 @@ def test_choosing_my_own_painting_clears_the_old_result(serve, browser, tmp_path
         assert page.get_attribute("#download", "aria-disabled") == "true" and page.get_attribute("#download", "href") is None
         assert page.get_attribute("#result", "src") is None
         assert "Choose a painting" in page.inner_text("#status")
+        # what the painting mode is, under the painting's button: the painting model's own `use` line
+        assert page.inner_text("#painting-use").startswith("My own painting: any painting, given at apply time")
     finally:
         page.close()
 

@@ -212,8 +212,10 @@ def test_info_describes_it(wct_model):
     d = json.loads(r.output)
     assert (d["kind"], d["norm"], d["encoder"], d["strength"]) == ("wct", "wct", "efficientnet-lite0", True)
     assert d["levels"] == "block3_expand:1,block1_expand:0.5" and d["styles"] == []
+    assert d["use"].startswith("any painting") and "twice the time" in d["use"]  # what the mode is, what it costs
+    assert "use: any painting, given at apply time" in CliRunner().invoke(app, ["info", str(wct_model)]).output
     r = CliRunner().invoke(app, ["models"], env={"STYLIZE_MODELS": str(wct_model.parent)})
-    assert r.exit_code == 0 and "tiny_wct" in r.output
+    assert r.exit_code == 0 and "tiny_wct" in r.output and "any painting (--style PAINTING.jpg)" in r.output
 
 
 @pytest.mark.parametrize("damage, runtime", [("levels", "torch"), ("weights", "torch"), ("cut", "torch"),
@@ -242,5 +244,6 @@ def test_the_page_takes_paintings_through_a_wct_model_and_offers_the_default_one
 
     studio = Studio([str(wct_model)], max_size=64, runtime="torch")
     assert studio.adaptive == str(wct_model) and studio.choices() == [studio.choices()[-1]] and not studio.styles
+    assert studio.painting_use == modelfile.describe(modelfile.read_record(wct_model))["use"]  # the page says it
     offered = default_models()  # the styles, then one painting model: the default one
     assert offered[-1] == DEFAULT_ADAPTIVE_MODEL and not {"wct", "arbitrary"} & set(offered[:-1])

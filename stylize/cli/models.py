@@ -26,4 +26,5 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON for sc
     if not rows:
         typer.echo("no models found in " + ", ".join(map(str, modelfile.model_dirs())))
     for r in rows:
-        typer.echo(f"{r['name']:<20} {r['norm']:<12} {', '.join(r['styles'])}  ({r['path']})")
+        styles = ", ".join(r["styles"]) or "any painting (--style PAINTING.jpg)"
+        typer.echo(f"{r['name']:<20} {r['norm']:<12} {styles}  ({r['path']})")

@@ -513,12 +513,30 @@ def read_record(path: str | Path) -> dict:
     return _ours(obj, path)
 
 
+# What a model paints, by how it takes its style: the line `stylize info` and the web page show.
+# The cost is measured (weights/README.md, wct's "speed"): whole processes at 1024x768 on a 2-core CPU.
+USES = {
+    "wct": "any painting, given at apply time (--style PAINTING.jpg): the painting's feature statistics "
+           "(mean and covariance) put into the photo's by whitening and colouring, coarse to fine, one "
+           "decoder per level; no training per painting, about twice the time of a trained style",
+    "adaptive": "any painting, given at apply time (--style PAINTING.jpg): the network's norm layers take "
+                "their scales and shifts from the painting's statistics; the time of a trained style",
+    "styles": "the style it was trained on",
+    "mix": "the {n} styles it was trained on, each or mixed (--style NAME=WEIGHT)",
+}
+
+
+def takes_paintings(described: dict) -> bool:
+    """Whether a model (describe()) paints a painting given at apply time, not styles of its own."""
+    return described["kind"] in ("adain", "wct") or described["norm"] == "adaptive"
+
+
 def describe(obj: dict) -> dict:
     """The summary `stylize models` and `stylize info` print (also as JSON)."""
     path = Path(obj["path"])
     net = obj.get("net", {})
     train = obj.get("train", {})
-    return {
+    d = {
         "name": path.stem,
         "path": str(path),
         "kind": obj.get("kind"),
@@ -537,4 +555,7 @@ def describe(obj: dict) -> dict:
         "checkpoint": "optimizer" in obj,
         **({"levels": net.get("levels")} if obj.get("kind") == "wct" else {}),  # tap:strength, coarse to fine
     }
+    n = len(d["styles"])
+    use = ("wct" if d["kind"] == "wct" else "adaptive") if takes_paintings(d) else "mix" if n > 1 else "styles"
+    return {**d, "use": USES[use].format(n=n)}
 

@@ -109,10 +109,11 @@ class Studio:
         self.device, self.runtime = device, runtime
         self.styles: dict[str, tuple[str, str | None]] = {}  # label -> (model, style of the model)
         self.adaptive: str | None = None  # the model a painting goes through
+        self.painting_use: str | None = None
         for m in models:
             d = modelfile.describe(modelfile.read_record(m))
-            if takes_paintings(d):
-                self.adaptive = self.adaptive or str(m)
+            if modelfile.takes_paintings(d) and not self.adaptive:
+                self.adaptive, self.painting_use = str(m), d["use"]  # what the page says of the painting mode
             elif len(d["styles"]) == 1:
                 self.styles[d["name"]] = (str(m), None)
             else:
@@ -409,6 +410,7 @@ def make_app(studio: Studio, hosts: list[str] | None = None, port: int | None = 
 
     async def styles(request: Request):
         return JSONResponse({"styles": studio.choices(), "painting": PAINTING if studio.adaptive else None,
+                             "painting_use": studio.painting_use,
                              **studio.limits()})
 
     async def create(request: Request):
@@ -570,16 +572,11 @@ def url(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
-def takes_paintings(described: dict) -> bool:
-    """Whether a model (modelfile.describe) paints a painting given at apply time, not styles of its own."""
-    return described["kind"] in ("adain", "wct") or described["norm"] == "adaptive"
-
-
 def default_models() -> list[str]:
     """The shipped models the page offers: every style, and for paintings the default painting model
     (the page takes one; `stylize serve --model wct` chooses another)."""
     from stylize.models import modelfile
 
     shipped = modelfile.models_in(modelfile._shipped_dir())
-    styles = sorted(p.stem for p in shipped if not takes_paintings(modelfile.describe(modelfile.read_record(p))))
+    styles = sorted(p.stem for p in shipped if not modelfile.takes_paintings(modelfile.describe(modelfile.read_record(p))))
     return styles + [p.stem for p in shipped if p.stem == DEFAULT_ADAPTIVE_MODEL]
