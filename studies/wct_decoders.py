@@ -20,6 +20,7 @@ Departures from the paper, and why:
   python studies/wct_decoders.py train --level block5_expand --iterations 2500 --out-dir runs/wct
   python studies/wct_decoders.py apply PHOTO PAINTING OUT.png --decoders runs/wct \
       --levels block5_expand:1,block3_expand:0.6,block1_expand:0.3 --detail 2
+  python studies/wct_decoders.py invert weights/wct.safetensors docs/wct_inversion.jpg  # what they give back
 
 Pilot, 2026-12-06 (decoders: 2500 / 1500 / 1200 iterations of 4 crops of 192 px on one CPU core,
 about 10 minutes each): three blind judges, 30 development photos, against the peer's built-in
@@ -107,6 +108,38 @@ def apply(args) -> None:
     print(f"{args.out}: {time.time() - t0:.2f} s")
 
 
+def invert(args) -> None:
+    """How well a WCT model's decoders invert paintings, against photos: each level's decoder on its own
+    encoder's features, no transform. A decoder that cannot give back a painting's strokes cannot paint
+    them into a photo either."""
+    from stylize.models import modelfile
+    from stylize.models.wct import WCTNet
+    from stylize.models.whitening import WCTConfig
+
+    torch.set_num_threads(args.threads)
+    rec = modelfile.load(args.model)
+    net = WCTNet(WCTConfig(**rec["net"])).eval()
+    net.load_state_dict(rec["state_dict"])
+    groups = {"paintings": find_images(SHARED / "data/styles"),
+              "photos": find_images(SHARED / "data/content/bsds500/val")[:args.photos]}
+    rows = []
+    for group, files in groups.items():
+        psnr = {t: [] for t in net.taps}
+        for f in files:
+            x = read(f, 384, shorter=False)
+            with torch.no_grad():
+                outs = [net.decoders[t](net.encoder(x, last=t)[t]).clamp(0, 1) for t in net.taps]
+            for t, y in zip(net.taps, outs):
+                psnr[t].append(float(-10 * torch.log10((y - x).pow(2).mean())))
+            if group == "paintings" and Path(f).stem in args.show.split(","):
+                rows.append(torch.cat([x[0], *(y[0] for y in outs)], 2)[:, :256])
+        print(f"{group} ({len(files)}), PSNR dB by level: " + ", ".join(f"{t} {np.mean(v):.2f}" for t, v in psnr.items()))
+    width = max(r.shape[2] for r in rows)
+    sheet = torch.cat([F.pad(r, (0, width - r.shape[2])) for r in rows], 1)
+    Image.fromarray((sheet.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(args.out, quality=80)
+    print(f"{args.out}: each row a painting, then its inverse through the levels {', '.join(net.taps)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -127,8 +160,14 @@ def main() -> None:
     a.add_argument("--style-size", type=int, default=512, help="the painting's longer side")
     a.add_argument("--detail", type=float, default=2.0, help="blur radius of the photo's band given back (0: none)")
     a.add_argument("--threads", type=int, default=2)
+    v = sub.add_parser("invert", help="how well a WCT model's decoders give back paintings, against photos")
+    v.add_argument("model", help="a WCT model file, e.g. weights/wct.safetensors")
+    v.add_argument("out", help="the sheet: a few paintings and their inverses, level by level")
+    v.add_argument("--photos", type=int, default=22, help="BSDS500 val photos to compare with")
+    v.add_argument("--show", default="starry_night,composition_vii,wave", help="the paintings on the sheet")
+    v.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    train(args) if args.command == "train" else apply(args)
+    {"train": train, "apply": apply, "invert": invert}[args.command](args)
 
 
 if __name__ == "__main__":
