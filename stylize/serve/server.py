@@ -112,8 +112,9 @@ class Studio:
         self.painting_use: str | None = None
         for m in models:
             d = modelfile.describe(modelfile.read_record(m))
-            if modelfile.takes_paintings(d) and not self.adaptive:
-                self.adaptive, self.painting_use = str(m), d["use"]  # what the page says of the painting mode
+            if modelfile.takes_paintings(d):  # the first one given takes the page's paintings
+                if not self.adaptive:
+                    self.adaptive, self.painting_use = str(m), d["use"]  # what the page says of the painting mode
             elif len(d["styles"]) == 1:
                 self.styles[d["name"]] = (str(m), None)
             else:
