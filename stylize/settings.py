@@ -35,6 +35,13 @@ TEACHER_LAYERS = {"efficientnet-lite0": (["block3_expand"], ["block1_expand", "b
 # the weight of that statistics term: L1 alone regresses to the mean, and a student trained without
 # it kept 0.85 of its teacher's contrast (pixels and features alike) and few of its marks
 TEACHER_STATS_WEIGHT = 3.0
+# ...with each pixel weighted by the photo's local gradient over this, clamped at 1 (losses.structure;
+# TrainConfig.teacher_edge): flat areas (skies, table tops) get no demand for contrast, where a teacher that
+# paints random marks would make the network lay a uniform lattice (issue 29, weights/README.md)
+TEACHER_EDGE = 0.08
+# --teacher optimize: the pictures --optimize paints (optimize.py), made once before the first step
+# for this many photos a style, at this many steps each (200: the marks settle; ~30 s a crop on a CPU core)
+TEACHER_TARGETS, TEACHER_STEPS = 48, 200
 LR_SCHEDULES = ("cosine", "constant")  # training.learning_rate
 TRANSFORMER_NETWORKS = ("johnson", "light", "light-instance")  # the transformer network's architectures (networks.py)
 NETWORKS = TRANSFORMER_NETWORKS + ("adain",)  # adain: the AdaIN encoder-decoder (adain.py), --norm adaptive only
@@ -85,9 +92,13 @@ class TrainConfig:
     # the loss network sees output and photo translated by up to this many pixels, anew each step
     # (losses.PerceptualLoss: it takes away the sub-pixel patterns that meet the loss cheaply)
     jitter: int = 0
-    # a WCT model (shipped name or file): the network learns to paint what it paints from each crop with
-    # the painting (train/teacher.py), by TeacherLoss instead of the perceptual loss; None: Johnson et al.
+    # distillation (train/teacher.py), by TeacherLoss instead of the perceptual loss: a WCT model (shipped
+    # name or file), whose picture of each crop with the painting the network learns to paint; or
+    # "optimize", --optimize's pictures of teacher_targets photos a style; None: Johnson et al.
     teacher: str | None = None
+    teacher_targets: int = TEACHER_TARGETS
+    teacher_steps: int = TEACHER_STEPS
+    teacher_edge: float = TEACHER_EDGE  # TeacherLoss's statistics weighted by the photo's gradient; 0: unweighted
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
     # learning-rate multiple of what depends on the style: several styles' (CIN) tables; for
     # --norm adaptive, the predictor's bottleneck and projections (on top of their fan-in scaling).
@@ -124,7 +135,7 @@ class TrainConfig:
 # What runs recorded before these settings existed were trained with.
 LEGACY = {"network": "johnson", "content_size": 0, "lr_schedule": "constant", "style_size": 1024, "color_loss_weight": 0.0,
           "style_lr_scale": 1.0, "output": "residual",
-          "jitter": 0}
+          "jitter": 0, "teacher_edge": 0.0}
 # Settings' former names, as model files and checkpoints written before the renaming record them: the
 # loss weights were *_weight (mistaken for apply's --style-weight), all_strengths was strength.
 RENAMED = {"content_weight": "content_loss_weight", "style_weight": "style_loss_weight", "tv_weight": "tv_loss_weight",

@@ -46,8 +46,13 @@ def train(
     jitter: int = typer.Option(T.jitter, min=0, help="Translate output and photo by up to this many pixels before "
                                "the loss network, anew each step (takes away the fine hatching that meets the loss cheaply)."),
     teacher: Optional[str] = typer.Option(T.teacher, metavar="MODEL", autocompletion=complete_models,
-                                          help="Distil: learn to paint what this WCT model (e.g. wct) paints "
-                                          "from each crop with the style, instead of the perceptual loss."),
+                                          help="Distil, instead of the perceptual loss: learn to paint what this WCT model "
+                                          "(e.g. wct) paints from each crop with the style, or 'optimize': what "
+                                          "apply --optimize paints (slow: --teacher-targets crops painted first)."),
+    teacher_targets: int = typer.Option(T.teacher_targets, min=1, help="--teacher optimize: crops a style it paints before the first step."),
+    teacher_steps: int = typer.Option(T.teacher_steps, min=1, help="--teacher optimize: optimizer steps a crop (as apply --optimize STEPS)."),
+    teacher_edge: float = typer.Option(T.teacher_edge, min=0, help="--teacher: the statistics term weighs each pixel by the "
+                                       "photo's gradient over this, clamped at 1, so flat areas stay calm (0: unweighted)."),
     lr: float = typer.Option(T.lr, min=0, help="Learning rate (Adam)."),
     style_lr_scale: Optional[float] = typer.Option(T.style_lr_scale, min=0, help="Learning-rate multiple of what "
                                                    "depends on the style: several styles' tables; for --norm adaptive, "
@@ -105,11 +110,21 @@ class _Progress:
     """The run's progress (training.Progress) as a bar with the losses, and lines for its files."""
 
     def __init__(self):
-        self.bar = None
+        self.bar = self.painting = None
 
     def __call__(self, p) -> None:
         if p.event == "loss_net":
             typer.echo(p.note)
+            return
+        if p.event == "teacher":  # before the first step: --teacher optimize paints its crops
+            from tqdm import tqdm
+
+            if self.painting is None:
+                self.painting = tqdm(total=p.iterations, desc="teacher", unit="crop", dynamic_ncols=True)
+            self.painting.set_postfix_str(p.note, refresh=False)
+            self.painting.update(p.iteration - self.painting.n)
+            if p.iteration == p.iterations:
+                self.painting.close()
             return
         if self.bar is None:
             from tqdm import tqdm

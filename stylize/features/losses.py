@@ -225,6 +225,30 @@ class PerceptualLoss(nn.Module):
         return terms
 
 
+def structure(photo: torch.Tensor, edge: float) -> torch.Tensor:
+    """(B, 3, H, W) photo in [0, 1] -> (B, 1, H, W) where it has structure: the mean absolute
+    difference of each pixel's luminance to its right and lower neighbours, averaged over 9x9 pixels,
+    over `edge`, clamped at 1; plus 0.001, so that a flat photo still weighs every pixel alike."""
+    lum = (0.299 * photo[:, 0] + 0.587 * photo[:, 1] + 0.114 * photo[:, 2])[:, None].float()
+    gx = F.pad((lum[..., :, 1:] - lum[..., :, :-1]).abs(), (0, 1, 0, 0))
+    gy = F.pad((lum[..., 1:, :] - lum[..., :-1, :]).abs(), (0, 0, 0, 1))
+    local = F.avg_pool2d(gx + gy, 9, 1, 4, count_include_pad=False)
+    return (local / edge).clamp(max=1) + 1e-3
+
+
+def weighted_stats(f: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel means and standard deviations of f (B, C, H, W), each pixel weighted by w (B, 1, h, w),
+    average-pooled to f's size; None: unweighted. -> ((B, C), (B, C))."""
+    if w is None:
+        return f.mean((2, 3)), f.std((2, 3))
+    if w.shape[-2:] != f.shape[-2:]:
+        w = F.adaptive_avg_pool2d(w, f.shape[-2:])
+    total = w.sum((2, 3))
+    mean = (f * w).sum((2, 3)) / total
+    var = ((f - mean[..., None, None]) ** 2 * w).sum((2, 3)) / total
+    return mean, (var + 1e-8).sqrt()
+
+
 class TeacherLoss(nn.Module):
     """Distillation's loss (train/teacher.py): the output against the teacher's picture, L1 on the
     pixels, times the content weight L1 on the loss network's features at `layers`, and times
@@ -232,20 +256,32 @@ class TeacherLoss(nn.Module):
     features at `stats_layers`. L1 rather than squared error: a squared error averages the teacher's
     bright marks away into a grey blur. The statistics term because L1 alone still regresses to the
     mean where the teacher's marks cannot be placed exactly: without it the student kept 0.85 of the
-    teacher's contrast; it asks for the contrast and colour without asking where each mark goes."""
+    teacher's contrast; it asks for the contrast and colour without asking where each mark goes.
 
-    def __init__(self, net: nn.Module, layers: list[str], stats_layers: list[str]):
+    With `edge`, those statistics weigh each pixel by the photo's structure (structure()). A teacher
+    that paints different random marks in each part of a flat sky (--optimize) cannot be followed
+    there by a network, which answers the same input the same way; asked for the marks' contrast over
+    the whole picture, it lays one uniform lattice over every sky (issue 29). Weighted, flat areas are
+    held by the L1 terms, which average the random marks to a calm paint."""
+
+    def __init__(self, net: nn.Module, layers: list[str], stats_layers: list[str], edge: float = 0.0):
         super().__init__()
-        self.net, self.layers, self.stats_layers = net, list(layers), list(stats_layers)
+        self.net, self.layers, self.stats_layers, self.edge = net, list(layers), list(stats_layers), edge
 
-    def forward(self, y: torch.Tensor, target: torch.Tensor, content_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    def forward(self, y: torch.Tensor, target: torch.Tensor, content_weight: float = 1.0,
+                photo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """y: output, target: the teacher's picture, photo: what both were made from (for `edge`)."""
         fy = self.net(y)
         with torch.no_grad():
             ft = self.net(target)
         features = sum(F.l1_loss(fy[l], ft[l]) for l in self.layers) / len(self.layers)
         pixel = F.l1_loss(y, target)
+        w = structure(photo, self.edge) if self.edge else None
         pairs = [(y, target)] + [(fy[l], ft[l]) for l in self.stats_layers]
-        stats = sum(F.l1_loss(a.mean((2, 3)), b.mean((2, 3))) + F.l1_loss(a.std((2, 3)), b.std((2, 3)))
-                    for a, b in pairs) / len(pairs)
+        stats = 0
+        for a, b in pairs:
+            (ma, sa), (mb, sb) = weighted_stats(a, w), weighted_stats(b, w)
+            stats = stats + F.l1_loss(ma, mb) + F.l1_loss(sa, sb)
+        stats = stats / len(pairs)
         return {"content": features, "pixel": pixel, "style": stats,
                 "total": pixel + content_weight * features + TEACHER_STATS_WEIGHT * stats}

@@ -40,7 +40,9 @@ class Progress:
     iterations: int
     losses: dict[str, float]
     skipped: int  # unreadable training photos met so far
-    event: str = "step"  # step, sample, checkpoint, loss_net (before the first step: which network, why)
+    # step, sample, checkpoint, loss_net (before the first step: which network, why), teacher (before
+    # it: --teacher optimize's pictures painted, iteration of iterations)
+    event: str = "step"
     path: Path | None = None
     note: str = ""
 
@@ -251,14 +253,15 @@ class TransformerRecipe:
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
         self.teacher = None
         if cfg.teacher:  # distillation (teacher.py)
-            from stylize.train.teacher import Teacher
+            from stylize.train.teacher import Teacher, teacher_for
 
-            self.teacher = Teacher(cfg.teacher, style_files(cfg.style), device)
-            if cfg.image_size % self.teacher.net.multiple or cfg.image_size < 2 * self.teacher.net.multiple:
+            self.teacher = teacher_for(cfg, style_files(cfg.style), device)
+            if isinstance(self.teacher, Teacher) and (cfg.image_size % self.teacher.net.multiple
+                                                      or cfg.image_size < 2 * self.teacher.net.multiple):
                 raise StylizeError(f"--image-size {cfg.image_size}: --teacher {cfg.teacher} needs a multiple of "
                                    f"{self.teacher.net.multiple} of at least {2 * self.teacher.net.multiple}")
             self.loss = TeacherLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
-                                    cfg.content_layers, cfg.style_layers).to(device)
+                                    cfg.content_layers, cfg.style_layers, cfg.teacher_edge).to(device)
             return
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers,
@@ -279,15 +282,18 @@ class TransformerRecipe:
         style_index = torch.randint(n_styles, (b,), generator=draws)  # drawn even for a skipped batch,
         strength = sample_strengths(b, draws) if self.cfg.all_strengths else torch.ones(b)  # so resume stays in step
         directions = None if self.teacher else self.loss.draw_directions(draws)  # sliced style loss only, else None
+        picks = self.teacher.draw(b, draws) if self.teacher else None  # which painted crops (teacher.Painted)
         shift = jitter(self.cfg, draws)
         if x is None:
             return None, 0
         style_index, strength = self.shard.part(style_index), self.shard.part(strength)
         si, st = speed.to_device(style_index[:len(x)], self.device), speed.to_device(strength[:len(x)], self.device)
         cond = Condition(torch.nn.functional.one_hot(si, n_styles).float(), st if self.cfg.all_strengths else None)
-        y = self.model(x, cond)
         if self.teacher is not None:
-            return self.loss(y, self.teacher(x, si, cond.strength), self.cfg.content_loss_weight), len(x)
+            picks = self.shard.part(picks)[:len(x)] if picks is not None else None
+            x, target = self.teacher.pair(x, si, cond.strength, picks)
+            return self.loss(self.model(x, cond), target, self.cfg.content_loss_weight, x), len(x)
+        y = self.model(x, cond)
         return self.loss(y, x, si, st, self.weights, directions, shift=shift), len(x)
 
     def param_groups(self) -> list[dict]:
@@ -622,6 +628,8 @@ class _Run:
         self.opt = torch.optim.Adam(groups, lr=cfg.lr, fused=True if "fused_adam" in self.levers else None)
         self.draws = torch.Generator().manual_seed(cfg.seed + 1)  # style and strength per example
         self.history: list[dict] = []
+        if getattr(self.recipe, "teacher", None) is not None and hasattr(self.recipe.teacher, "prepare"):
+            self.recipe.teacher.prepare(self.files, run_dir(cfg.out), self.teacher_progress, shard)
         if ckpt is None and cfg.init:
             start_from(self.recipe, cfg.init)
         if ckpt is not None:
@@ -652,6 +660,10 @@ class _Run:
             group["lr_scale"] = setting.get("lr_scale", 1.0)
         self.draws.set_state(ckpt["rng"]["draws"])
         self.history = list(ckpt["history"])
+
+    def teacher_progress(self, done: int, total: int, note: str) -> None:
+        """--teacher optimize's pictures, painted before the first step (teacher.Painted)."""
+        self.progress(Progress(done, total, {}, 0, "teacher", note=note))
 
     def notice(self, line: str) -> None:
         self.progress(Progress(self.start, self.cfg.iterations, {}, 0, "loss_net", note=line))
