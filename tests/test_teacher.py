@@ -160,7 +160,7 @@ def test_pairs_are_crops_of_the_painted_pairs_at_the_strength(tmp_path, photos_d
 
 
 def test_distillation_from_optimize_learns_its_pictures(tmp_path, photos_dir, style_path):
-    """Over 40 steps the distance to --optimize's pictures falls (measured: to 0.45 of it; asked:
+    """Over 40 steps the distance to --optimize's pictures falls (measured: to 0.56 of it with 1 and 2 threads; asked:
     below 0.8), and the model file says how it was made."""
     cfg = tiny_config(tmp_path, photos_dir, [style_path], teacher="optimize", teacher_targets=3, teacher_steps=4,
                       iterations=40, lr=1e-2)

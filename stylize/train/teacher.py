@@ -19,13 +19,14 @@ a training crop from each painted crop at a random offset, mirrored at random.
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import torch
+
 from stylize.errors import StylizeError
+from stylize.files import atomic_write, file_sha256
 from stylize.images import load_style
 from stylize.models import modelfile
 
@@ -95,7 +96,6 @@ class Painted:
         """Paint (or read back from `folder`) teacher_targets crops a style, each process its share;
         report(done, total, note) after each."""
         from stylize.apply.engines.optimize import Optimizer, painting_for
-        import hashlib
         from stylize.train.data import CropDataset
 
         cfg, folder = self.cfg, Path(folder) / "teacher"
@@ -111,24 +111,25 @@ class Painted:
             raise StylizeError("--teacher optimize: none of the training photos could be read")
         total, done = len(photos) * len(self.styles), 0
         for s, style in enumerate(self.styles):
-            key = f"{hashlib.sha256(Path(style).read_bytes()).hexdigest()}-{cfg.teacher_steps}"  # the painting, how long
-            optimizer, pictures = None, []
+            key = f"{file_sha256(Path(style))}-{cfg.teacher_steps}"  # the painting, and how long it is painted
+            optimizer, pictures = None, {}
             for k, x in enumerate(photos):
                 path = folder / f"{s:02d}_{k:03d}.pt"
-                if (s * len(photos) + k) % shard.world == shard.rank and not _painted(path, key, x):
-                    if optimizer is None:
-                        optimizer = Optimizer(painting_for(style), self.device)
-                    y = torch.from_numpy(optimizer.optimize(x, cfg.teacher_steps, None))
-                    tmp = path.with_suffix(".tmp")
-                    torch.save({"key": key, "photo": x, "picture": y}, tmp)
-                    tmp.replace(path)  # a stopped run keeps only whole pictures
+                if (s * len(photos) + k) % shard.world == shard.rank:  # this process's share
+                    pictures[k] = _painted(path, key, x)
+                    if pictures[k] is None:
+                        if optimizer is None:
+                            optimizer = Optimizer(painting_for(style), self.device)
+                        pictures[k] = torch.from_numpy(optimizer.optimize(x, cfg.teacher_steps, None))
+                        record = {"key": key, "photo": x, "picture": pictures[k]}
+                        # whole pictures only: a stopped run paints the one it was on again
+                        atomic_write(path, lambda f: torch.save(record, f), prefix=".painting-", suffix=".pt")
                 done += 1
                 report(done, total, f"{Path(style).name}: crop {k + 1} of {len(photos)}")
-            shard.barrier()
-            for k, x in enumerate(photos):
-                pictures.append(torch.load(folder / f"{s:02d}_{k:03d}.pt")["picture"])
+            shard.barrier()  # the other processes' shares, once written
+            others = {k: torch.load(folder / f"{s:02d}_{k:03d}.pt")["picture"] for k in range(len(photos)) if k not in pictures}
             self.photos.append(torch.stack(photos))
-            self.pictures.append(torch.stack(pictures))
+            self.pictures.append(torch.stack([pictures.get(k, others.get(k)) for k in range(len(photos))]))
 
     def draw(self, batch: int, draws: torch.Generator) -> torch.Tensor:
         """Per example: which painted crop, the training crop's offset in it, mirrored or not."""
@@ -157,12 +158,12 @@ class Painted:
         return photo, picture
 
 
-def _painted(path: Path, key: str, photo: torch.Tensor) -> bool:
-    """Whether `path` holds this crop's picture, painted with these settings (else it is painted anew)."""
+def _painted(path: Path, key: str, photo: torch.Tensor) -> torch.Tensor | None:
+    """The picture `path` holds of this crop, painted with these settings; None: paint it (anew)."""
     if not path.exists():
-        return False
+        return None
     try:
         saved = torch.load(path)
     except Exception:  # a damaged file: paint it again
-        return False
-    return saved.get("key") == key and torch.equal(saved.get("photo"), photo)
+        return None
+    return saved["picture"] if saved.get("key") == key and torch.equal(saved.get("photo"), photo) else None
