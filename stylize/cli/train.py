@@ -51,6 +51,10 @@ def train(
                                           "apply --optimize paints (slow: --teacher-targets crops painted first)."),
     teacher_targets: int = typer.Option(T.teacher_targets, min=1, help="--teacher optimize: crops a style it paints before the first step."),
     teacher_steps: int = typer.Option(T.teacher_steps, min=1, help="--teacher optimize: optimizer steps a crop (as apply --optimize STEPS)."),
+    teacher_smooth: int = typer.Option(T.teacher_smooth, min=0, help="--teacher optimize: passes of the 3x3 filter over "
+                                       "each optimizer step's gradient (takes out a pixel grain the student would meet with a hatching)."),
+    teacher_tv: float = typer.Option(T.teacher_tv, min=0, help="--teacher optimize: the optimizer's total-variation weight "
+                                     "(high values pale colourful paintings)."),
     teacher_edge: float = typer.Option(T.teacher_edge, min=0, help="--teacher: the statistics term weighs each pixel by the "
                                        "photo's gradient over this, clamped at 1, so flat areas stay calm (0: unweighted)."),
     lr: float = typer.Option(T.lr, min=0, help="Learning rate (Adam)."),

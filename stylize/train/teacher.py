@@ -111,7 +111,8 @@ class Painted:
             raise StylizeError("--teacher optimize: none of the training photos could be read")
         total, done = len(photos) * len(self.styles), 0
         for s, style in enumerate(self.styles):
-            key = f"{file_sha256(Path(style))}-{cfg.teacher_steps}"  # the painting, and how long it is painted
+            # the painting, and how it is painted
+            key = f"{file_sha256(Path(style))}-{cfg.teacher_steps}-{cfg.teacher_smooth}-{cfg.teacher_tv:g}"
             optimizer, pictures = None, {}
             for k, x in enumerate(photos):
                 path = folder / f"{s:02d}_{k:03d}.pt"
@@ -119,7 +120,7 @@ class Painted:
                     pictures[k] = _painted(path, key, x)
                     if pictures[k] is None:
                         if optimizer is None:
-                            optimizer = Optimizer(painting_for(style), self.device)
+                            optimizer = Optimizer(painting_for(style), self.device, cfg.teacher_smooth, cfg.teacher_tv)
                         pictures[k] = torch.from_numpy(optimizer.optimize(x, cfg.teacher_steps, None))
                         record = {"key": key, "photo": x, "picture": pictures[k]}
                         # whole pictures only: a stopped run paints the one it was on again

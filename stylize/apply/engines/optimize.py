@@ -16,12 +16,14 @@ Departures from the paper, and why:
 - output and photo translated by up to OPTIMIZE_JITTER pixels before the loss network, anew each step
   (losses.PerceptualLoss): without it the optimizer meets the Gram targets with a rainbow speckle the
   features cannot tell from paint; with it the same loss paints the painting's strokes (issue 29);
-- each step's gradient smoothed by a 3x3 binomial filter before Adam's step, and total variation at
-  OPTIMIZE_TV_WEIGHT, not the models' 2: Adam scales each pixel's step alike, so the loss network's
+- each step's gradient smoothed by a 3x3 binomial filter (OPTIMIZE_SMOOTH passes) before Adam's step,
+  and total variation at OPTIMIZE_TV_WEIGHT, not the models' 2: Adam scales each pixel's step alike, so the loss network's
   blind spot (a pixel-by-pixel colour grain it cannot see) filled with noise, 12.6 levels of it from
   the 3x3 median on a Udnie crop against the painting's 1.9. The network distilled from such
   pictures met that grain with a uniform fine diagonal hatching (issue 29, seventh session).
-  Smoothed: 3.2-3.3 levels, with the same sharp planes.
+  Smoothed: 3.2-3.3 levels, with the same sharp planes. The TV weight is what pales colourful
+  paintings (Matisse, Hokusai); two passes of the filter alone keep their colour at about 6 levels
+  (the paintings: 3.9 and 5.7), so the training teacher may take that instead (TrainConfig.teacher_tv).
 
 Library only: progress goes through a callback.
 """
@@ -40,19 +42,22 @@ from stylize.settings import LOSS_NET_LAYERS, OPTIMIZE_JITTER, OPTIMIZE_SIZE, ST
 LOSS_NET = "efficientnet-lite0"
 LR = 0.02  # Adam's step on pixels in [0, 1]: 200 steps at it settle the marks (measured by eye on 4 paintings)
 OPTIMIZE_TV_WEIGHT = 20.0  # against the style's 100 (with the smoothed gradient; see above)
+OPTIMIZE_SMOOTH = 1  # passes of the 3x3 binomial filter over each step's gradient (see above)
 _BINOMIAL = torch.tensor([1.0, 2.0, 1.0])
 
 
 class Optimizer:
     """The loss network and one painting's targets, ready to optimize photos toward it."""
 
-    def __init__(self, painting: torch.Tensor, device: torch.device | str = "cpu"):
-        """painting: (3, H, W) float in [0, 1], its longest side about STYLE_SIZE["adaptive"]."""
+    def __init__(self, painting: torch.Tensor, device: torch.device | str = "cpu",
+                 smooth: int = OPTIMIZE_SMOOTH, tv: float = OPTIMIZE_TV_WEIGHT):
+        """painting: (3, H, W) float in [0, 1], its longest side about STYLE_SIZE["adaptive"]; smooth:
+        passes of the gradient filter, tv: the total variation weight (see above)."""
         from stylize.features.losses import PerceptualLoss
         from stylize.features.vgg import loss_network
 
         content, style = LOSS_NET_LAYERS[LOSS_NET]
-        self.device = torch.device(device)
+        self.device, self.smooth, self.tv = torch.device(device), smooth, tv
         self.loss = PerceptualLoss(loss_network(LOSS_NET, content + style), content, style, "gram").to(self.device)
         self.loss.requires_grad_(False)
         self.loss.set_styles([painting.float().to(self.device)])
@@ -79,7 +84,7 @@ class Optimizer:
     def optimize(self, photo: torch.Tensor, steps: int, progress: Callable[[int, int], None] | None) -> np.ndarray:
         """Photo (3, h, w) uint8 at the size it is optimized at -> (3, h, w) uint8 array."""
         t = TrainConfig()  # the models' content and style weights: one place for them
-        weights = {"content": t.content_loss_weight, "style": t.style_loss_weight, "tv": OPTIMIZE_TV_WEIGHT}
+        weights = {"content": t.content_loss_weight, "style": t.style_loss_weight, "tv": self.tv}
         smooth = (_BINOMIAL[:, None] * _BINOMIAL[None] / 16).expand(3, 1, 3, 3).to(self.device)
         x = photo[None].float().div(255).to(self.device)
         y = x.clone().requires_grad_(True)
@@ -89,8 +94,9 @@ class Optimizer:
             opt.zero_grad(set_to_none=True)
             shift = (*draw_shift(OPTIMIZE_JITTER, draws), OPTIMIZE_JITTER)  # a new view each step (losses.py)
             self.loss(y, x, weights=weights, shift=shift)["total"].backward()
-            y.grad = torch.nn.functional.conv2d(torch.nn.functional.pad(y.grad, (1, 1, 1, 1), mode="replicate"),
-                                                smooth, groups=3)
+            for _ in range(self.smooth):
+                y.grad = torch.nn.functional.conv2d(torch.nn.functional.pad(y.grad, (1, 1, 1, 1), mode="replicate"),
+                                                    smooth, groups=3)
             opt.step()
             with torch.no_grad():
                 y.clamp_(0, 1)
