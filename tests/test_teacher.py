@@ -132,7 +132,7 @@ def test_optimize_targets_are_what_optimize_paints(tmp_path, photos_dir, style_p
 
 def test_optimize_targets_are_kept_and_painted_again_only_when_stale(tmp_path, photos_dir, style_path, monkeypatch):
     """A resumed run reads its painted crops back instead of painting them again (half a minute
-    each on a CPU); other steps, or a damaged file, are painted anew."""
+    each on a CPU); other steps, another gradient filter or TV weight, or a damaged file, are painted anew."""
     first, _ = _painted(tmp_path, photos_dir, style_path)
     calls = []
     real = Optimizer.optimize
@@ -144,6 +144,10 @@ def test_optimize_targets_are_kept_and_painted_again_only_when_stale(tmp_path, p
     assert len(calls) == 1
     other, _ = _painted(tmp_path, photos_dir, style_path, teacher_steps=2)
     assert len(calls) == 4 and not torch.equal(other.pictures[0], first.pictures[0])
+    smoother, _ = _painted(tmp_path, photos_dir, style_path, teacher_smooth=2)
+    assert len(calls) == 7 and not torch.equal(smoother.pictures[0], first.pictures[0])
+    _painted(tmp_path, photos_dir, style_path, teacher_tv=2.0)
+    assert len(calls) == 10
 
 
 def test_pairs_are_crops_of_the_painted_pairs_at_the_strength(tmp_path, photos_dir, style_path):

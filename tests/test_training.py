@@ -288,6 +288,19 @@ def test_content_size_crops_details_at_that_scale(photos_dir):
         assert not torch.equal(crop, whole[n])
 
 
+def test_a_model_applies_at_the_scale_it_was_trained_at(tmp_path, photos_dir, style_path, trained):
+    """A network paints marks of a fixed size, learnt on photos scaled to --content-size: its file says
+    so, so a larger photo is stylized at that scale (scale.py) with no flag. Crops of whole photos
+    (content_size 0, the session model) name no scale."""
+    from stylize.apply import scale
+
+    cfg = tiny_config(tmp_path, photos_dir, [style_path], content_size=40, iterations=1)
+    stylizer = Stylizer(str(train(cfg)))
+    assert stylizer.apply["work_size"] == 40
+    assert scale.work_shape(96, 128, stylizer.apply) == (40, 53)
+    assert not Stylizer(str(trained.path)).apply.get("work_size")
+
+
 def test_learning_rate_schedules():
     from stylize.settings import TrainConfig
     from stylize.train.training import learning_rate

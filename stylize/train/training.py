@@ -756,6 +756,8 @@ class _Run:
                           for k in last[0] if k not in ("iteration", "seconds")}
         rec["metrics"]["skipped_photos"] = self.skipped
         rec["iteration"] = it
+        if cfg.content_size:  # it applies at the scale it learnt its marks at (scale.py; calibrate may change it)
+            rec["apply"] = {"version": modelfile.APPLY_VERSION, "work_size": cfg.content_size}
         path = modelfile.save(rec, cfg.out)
         shard.barrier()
         return path
