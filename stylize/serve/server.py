@@ -258,7 +258,7 @@ class Studio:
         from stylize.apply.batch import apply_files
 
         job.state, job.progress, job.message, self._current = "running", 0.05, "preparing the model", job
-        before, key = resident_bytes(), None
+        before, key, state = resident_bytes(), None, "failed"
         try:
             if style == PAINTING:
                 model, styles = self.adaptive, [str(job.folder / "painting")]
@@ -274,18 +274,21 @@ class Studio:
                 raise StylizeError(report.failed[0][1])
             with Image.open(out) as im:
                 job.size = im.size
-            job.result, job.progress, job.message, job.state = out, 1.0, "done", "done"
+            job.result, job.progress, job.message, state = out, 1.0, "done", "done"
         except StylizeError as e:
-            job.message, job.state = str(e).replace(str(job.folder) + "/", ""), "failed"
+            job.message = str(e).replace(str(job.folder) + "/", "")
         except Exception as e:  # a server keeps serving: the page shows what went wrong
-            job.message, job.state = f"{type(e).__name__}: {e}", "failed"
+            job.message = f"{type(e).__name__}: {e}"
         finally:
-            job.finished, self._current = time.monotonic(), None
-            for name in ("photo", "painting"):  # the uploads are done with; the result stays a while
-                (job.folder / name).unlink(missing_ok=True)
-            if key is not None and key in self._stylizers:
-                now = resident_bytes()
-                self._count(key, None if before is None or now is None else now - before)
+            try:
+                job.finished, self._current = time.monotonic(), None
+                for name in ("photo", "painting"):  # the uploads are done with; the result stays a while
+                    (job.folder / name).unlink(missing_ok=True)
+                if key is not None and key in self._stylizers:
+                    now = resident_bytes()
+                    self._count(key, None if before is None or now is None else now - before)
+            finally:  # last: a finished job's models are already counted and closed
+                job.state = state
 
     def job(self, job_id: str) -> Job | None:
         with self.lock:
