@@ -306,7 +306,7 @@ _SETTING_TYPES = (bool, int, float, str, type(None))
 #   palette        how far the output then moves to the painting's palette at --style-weight 1
 #                  (recipe.calibrated, palette.recolour); 0 if absent
 #   work_size      the shorter side, in pixels, a larger photo is stylized at (scale.work_shape); absent:
-#                  every photo at its own size
+#                  every photo at its own size. `stylize train` writes its --content-size here
 #   colours        a trained model's styles' palettes, one {"mean": [r, g, b], "cov": 3 rows of 3} per
 #                  style in style order (palette.colours); a model for any painting takes the painting's
 # A block of a newer version, an unknown key or a value out of its range is refused in one line.

@@ -21,9 +21,10 @@ Departures from the paper, and why:
   blind spot (a pixel-by-pixel colour grain it cannot see) filled with noise, 12.6 levels of it from
   the 3x3 median on a Udnie crop against the painting's 1.9. The network distilled from such
   pictures met that grain with a uniform fine diagonal hatching (issue 29, seventh session).
-  Smoothed: 3.2-3.3 levels, with the same sharp planes. The TV weight is what pales colourful
-  paintings (Matisse, Hokusai); two passes of the filter alone keep their colour at about 6 levels
-  (the paintings: 3.9 and 5.7), so the training teacher may take that instead (TrainConfig.teacher_tv).
+  Smoothed: 3.2-3.3 levels, with the same sharp planes. By eye the TV weight pales colourful
+  paintings (Kandinsky, Matisse); more passes of the filter at the models' TV of 2 take the grain
+  about as far and keep their colour (Matisse: 2 passes 6.0 levels, 4 passes 4.8; the painting 3.9),
+  which the training teacher takes for some styles (TrainConfig.teacher_smooth, teacher_tv).
 
 Library only: progress goes through a callback.
 """
