@@ -42,8 +42,6 @@ TEACHER_EDGE = 0.08
 # --teacher optimize: the pictures --optimize paints (optimize.py), made once before the first step
 # for this many photos a style, at this many steps each (200: the marks settle; ~30 s a crop on a CPU core)
 TEACHER_TARGETS, TEACHER_STEPS = 48, 200
-# ...with --optimize's gradient filter and TV weight (optimize.py), unless the settings say otherwise
-TEACHER_SMOOTH, TEACHER_TV = 1, 20.0
 LR_SCHEDULES = ("cosine", "constant")  # training.learning_rate
 TRANSFORMER_NETWORKS = ("johnson", "light", "light-instance")  # the transformer network's architectures (networks.py)
 NETWORKS = TRANSFORMER_NETWORKS + ("adain",)  # adain: the AdaIN encoder-decoder (adain.py), --norm adaptive only
@@ -59,6 +57,11 @@ OPTIMIZE_SIZE = 384
 # --optimize: the largest translation of output and photo before the loss network, drawn anew each step
 # (losses.PerceptualLoss); 8-16 px turned the speckle into strokes at 256-384 px (issue 29)
 OPTIMIZE_JITTER = 16
+# --optimize: passes of a 3x3 binomial filter over each step's gradient, and the total variation weight
+# (against the style's 100; the models train with 2): together they take out the pixel grain a
+# network distilled from the pictures meets with a hatching (optimize.py). The training teacher's
+# defaults too (TrainConfig.teacher_smooth, teacher_tv)
+OPTIMIZE_SMOOTH, OPTIMIZE_TV_WEIGHT = 1, 20.0
 # learning-rate multiple of what depends on the style, when the settings name none (TrainConfig.style_lr_scale)
 STYLE_LR_SCALE = {"fixed": 10.0, "adaptive": 4.0}
 
@@ -100,8 +103,8 @@ class TrainConfig:
     teacher: str | None = None
     teacher_targets: int = TEACHER_TARGETS
     teacher_steps: int = TEACHER_STEPS
-    teacher_smooth: int = TEACHER_SMOOTH  # --teacher optimize: passes of the optimizer's gradient filter
-    teacher_tv: float = TEACHER_TV  # --teacher optimize: the optimizer's total variation weight
+    teacher_smooth: int = OPTIMIZE_SMOOTH  # --teacher optimize: passes of the optimizer's gradient filter
+    teacher_tv: float = OPTIMIZE_TV_WEIGHT  # --teacher optimize: the optimizer's total variation weight
     teacher_edge: float = TEACHER_EDGE  # TeacherLoss's statistics weighted by the photo's gradient; 0: unweighted
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
     # learning-rate multiple of what depends on the style: several styles' (CIN) tables; for

@@ -16,9 +16,9 @@ Departures from the paper, and why:
 - output and photo translated by up to OPTIMIZE_JITTER pixels before the loss network, anew each step
   (losses.PerceptualLoss): without it the optimizer meets the Gram targets with a rainbow speckle the
   features cannot tell from paint; with it the same loss paints the painting's strokes (issue 29);
-- each step's gradient smoothed by a 3x3 binomial filter (OPTIMIZE_SMOOTH passes) before Adam's step,
-  and total variation at OPTIMIZE_TV_WEIGHT, not the models' 2: Adam scales each pixel's step alike, so the loss network's
-  blind spot (a pixel-by-pixel colour grain it cannot see) filled with noise, 12.6 levels of it from
+- each step's gradient smoothed by a 3x3 binomial filter (OPTIMIZE_SMOOTH passes) before Adam's
+  step, and total variation at OPTIMIZE_TV_WEIGHT, not the models' 2: Adam scales each pixel's step
+  alike, so the loss network's blind spot (a pixel-by-pixel colour grain it cannot see) filled with noise, 12.6 levels of it from
   the 3x3 median on a Udnie crop against the painting's 1.9. The network distilled from such
   pictures met that grain with a uniform fine diagonal hatching (issue 29, seventh session).
   Smoothed: 3.2-3.3 levels, with the same sharp planes. By eye the TV weight pales colourful
@@ -38,12 +38,11 @@ import torch
 from stylize.apply import recipe, scale
 from stylize.apply.recipe import Look
 from stylize.features.losses import draw_shift
-from stylize.settings import LOSS_NET_LAYERS, OPTIMIZE_JITTER, OPTIMIZE_SIZE, STYLE_SIZE, TrainConfig
+from stylize.settings import (LOSS_NET_LAYERS, OPTIMIZE_JITTER, OPTIMIZE_SIZE, OPTIMIZE_SMOOTH, OPTIMIZE_TV_WEIGHT,
+                               STYLE_SIZE, TrainConfig)
 
 LOSS_NET = "efficientnet-lite0"
 LR = 0.02  # Adam's step on pixels in [0, 1]: 200 steps at it settle the marks (measured by eye on 4 paintings)
-OPTIMIZE_TV_WEIGHT = 20.0  # against the style's 100 (with the smoothed gradient; see above)
-OPTIMIZE_SMOOTH = 1  # passes of the 3x3 binomial filter over each step's gradient (see above)
 _BINOMIAL = torch.tensor([1.0, 2.0, 1.0])
 
 
@@ -86,7 +85,7 @@ class Optimizer:
         """Photo (3, h, w) uint8 at the size it is optimized at -> (3, h, w) uint8 array."""
         t = TrainConfig()  # the models' content and style weights: one place for them
         weights = {"content": t.content_loss_weight, "style": t.style_loss_weight, "tv": self.tv}
-        smooth = (_BINOMIAL[:, None] * _BINOMIAL[None] / 16).expand(3, 1, 3, 3).to(self.device)
+        kernel = (_BINOMIAL[:, None] * _BINOMIAL[None] / 16).expand(3, 1, 3, 3).to(self.device)
         x = photo[None].float().div(255).to(self.device)
         y = x.clone().requires_grad_(True)
         opt = torch.optim.Adam([y], lr=LR)
@@ -97,7 +96,7 @@ class Optimizer:
             self.loss(y, x, weights=weights, shift=shift)["total"].backward()
             for _ in range(self.smooth):
                 y.grad = torch.nn.functional.conv2d(torch.nn.functional.pad(y.grad, (1, 1, 1, 1), mode="replicate"),
-                                                    smooth, groups=3)
+                                                    kernel, groups=3)
             opt.step()
             with torch.no_grad():
                 y.clamp_(0, 1)
