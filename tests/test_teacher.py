@@ -22,7 +22,7 @@ from stylize.train.data import content_files
 from stylize.features.vgg import loss_network
 from stylize.models import modelfile
 from stylize.settings import TEACHER_LAYERS
-from stylize.train.teacher import Painted, Teacher
+from stylize.train.teacher import Painted, Teacher, median3
 from stylize.train.training import train
 from test_wct import wct_record
 
@@ -148,6 +148,35 @@ def test_optimize_targets_are_kept_and_painted_again_only_when_stale(tmp_path, p
     assert len(calls) == 7 and not torch.equal(smoother.pictures[0], first.pictures[0])
     _painted(tmp_path, photos_dir, style_path, teacher_tv=2.0)
     assert len(calls) == 10
+
+
+def test_the_median_takes_out_a_speck_and_keeps_an_edge():
+    """--teacher-median: a lone pixel of grain goes, a mark's edge stays where it was (negative
+    control: 0 passes leave the picture as painted)."""
+    picture = torch.full((1, 3, 9, 9), 40, dtype=torch.uint8)
+    picture[..., 5:] = 200  # a mark: its edge between columns 4 and 5
+    picture[0, :, 2, 2] = 255  # grain
+    filtered = median3(picture, 1)
+    assert filtered[0, :, 2, 2].tolist() == [40, 40, 40]
+    assert torch.equal(filtered[..., :5].unique(), torch.tensor([40], dtype=torch.uint8))
+    assert torch.equal(filtered[..., 5:].unique(), torch.tensor([200], dtype=torch.uint8))
+    assert torch.equal(median3(picture, 0), picture)
+
+
+def test_the_median_filters_the_kept_pictures_without_painting_again(tmp_path, photos_dir, style_path, monkeypatch):
+    """The painted crops are kept as painted: --teacher-median on a resumed or repeated run filters
+    them (each pixel the median of its 3x3 neighbourhood, edges replicated) instead of painting anew."""
+    first, _ = _painted(tmp_path, photos_dir, style_path)
+    calls = []
+    real = Optimizer.optimize
+    monkeypatch.setattr(Optimizer, "optimize", lambda self, *a: calls.append(1) or real(self, *a))
+    filtered, _ = _painted(tmp_path, photos_dir, style_path, teacher_median=1)
+    assert calls == []
+    raw = np.pad(first.pictures[0].numpy(), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    h, w = raw.shape[-2] - 2, raw.shape[-1] - 2
+    windows = np.stack([raw[..., i:i + h, j:j + w] for i in range(3) for j in range(3)])
+    assert np.array_equal(filtered.pictures[0].numpy(), np.median(windows, 0).astype(np.uint8))
+    assert not torch.equal(filtered.pictures[0], first.pictures[0])
 
 
 def test_pairs_are_crops_of_the_painted_pairs_at_the_strength(tmp_path, photos_dir, style_path):

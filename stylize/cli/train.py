@@ -55,6 +55,8 @@ def train(
                                        "each optimizer step's gradient (takes out a pixel grain the student would meet with a hatching)."),
     teacher_tv: float = typer.Option(T.teacher_tv, min=0, help="--teacher optimize: the optimizer's total-variation weight "
                                      "(20 pales colourful paintings; with more --teacher-smooth passes, 2 keeps their colour)."),
+    teacher_median: int = typer.Option(T.teacher_median, min=0, help="--teacher optimize: passes of a 3x3 median over each "
+                                       "painted picture (takes out its pixel grain and keeps the marks' edges; the crops are kept unfiltered)."),
     teacher_edge: float = typer.Option(T.teacher_edge, min=0, help="--teacher: the statistics term weighs each pixel by the "
                                        "photo's gradient over this, clamped at 1, so flat areas stay calm (0: unweighted)."),
     lr: float = typer.Option(T.lr, min=0, help="Learning rate (Adam)."),
