@@ -107,6 +107,7 @@ class TrainConfig:
     teacher_tv: float = OPTIMIZE_TV_WEIGHT  # --teacher optimize: the optimizer's total variation weight
     teacher_median: int = 0  # --teacher optimize: passes of a 3x3 median over each painted picture; 0: none
     teacher_edge: float = TEACHER_EDGE  # TeacherLoss's statistics weighted by the photo's gradient; 0: unweighted
+    teacher_grain: float = 0.0  # TeacherLoss: weight of the output's distance from its 3x3 median; 0: none
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
     # learning-rate multiple of what depends on the style: several styles' (CIN) tables; for
     # --norm adaptive, the predictor's bottleneck and projections (on top of their fan-in scaling).

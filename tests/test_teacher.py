@@ -22,7 +22,7 @@ from stylize.train.data import content_files
 from stylize.features.vgg import loss_network
 from stylize.models import modelfile
 from stylize.settings import TEACHER_LAYERS
-from stylize.train.teacher import Painted, Teacher, median3
+from stylize.train.teacher import Painted, Teacher, median_filtered
 from stylize.train.training import train
 from test_wct import wct_record
 
@@ -156,11 +156,11 @@ def test_the_median_takes_out_a_speck_and_keeps_an_edge():
     picture = torch.full((1, 3, 9, 9), 40, dtype=torch.uint8)
     picture[..., 5:] = 200  # a mark: its edge between columns 4 and 5
     picture[0, :, 2, 2] = 255  # grain
-    filtered = median3(picture, 1)
+    filtered = median_filtered(picture, 1)
     assert filtered[0, :, 2, 2].tolist() == [40, 40, 40]
     assert torch.equal(filtered[..., :5].unique(), torch.tensor([40], dtype=torch.uint8))
     assert torch.equal(filtered[..., 5:].unique(), torch.tensor([200], dtype=torch.uint8))
-    assert torch.equal(median3(picture, 0), picture)
+    assert torch.equal(median_filtered(picture, 0), picture)
 
 
 def test_the_median_filters_the_kept_pictures_without_painting_again(tmp_path, photos_dir, style_path, monkeypatch):
@@ -177,6 +177,23 @@ def test_the_median_filters_the_kept_pictures_without_painting_again(tmp_path, p
     windows = np.stack([raw[..., i:i + h, j:j + w] for i in range(3) for j in range(3)])
     assert np.array_equal(filtered.pictures[0].numpy(), np.median(windows, 0).astype(np.uint8))
     assert not torch.equal(filtered.pictures[0], first.pictures[0])
+
+
+def test_the_grain_term_costs_a_hatching_and_not_an_edge():
+    """--teacher-grain: a fine diagonal hatching costs the term, a mark's edge costs it nothing, and
+    the total carries it at its weight (negative control: weight 0, no term)."""
+    edge = torch.full((1, 3, 16, 16), 0.2)
+    edge[..., 8:] = 0.8
+    i = torch.arange(16)
+    hatched = edge + 0.1 * ((i[:, None] + i[None]) % 3 == 0).float()
+    features, stats = TEACHER_LAYERS["random"]
+    net, photo = loss_network("random", features + stats), torch.rand(1, 3, 16, 16)
+    plain, grained = TeacherLoss(net, features, stats), TeacherLoss(net, features, stats, grain=2.0)
+    assert "grain" not in plain(edge, edge, photo=photo)
+    assert grained(edge, edge, photo=photo)["grain"] == 0
+    terms = grained(hatched, edge, photo=photo)
+    assert terms["grain"] > 0.02
+    assert torch.allclose(terms["total"], plain(hatched, edge, photo=photo)["total"] + 2.0 * terms["grain"])
 
 
 def test_pairs_are_crops_of_the_painted_pairs_at_the_strength(tmp_path, photos_dir, style_path):

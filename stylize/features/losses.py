@@ -236,6 +236,12 @@ def structure(photo: torch.Tensor, edge: float) -> torch.Tensor:
     return (local / edge).clamp(max=1) + 1e-3
 
 
+def median3(x: torch.Tensor) -> torch.Tensor:
+    """The 3x3 median of each channel of (B, C, H, W), edges replicated. It keeps a step (a mark's
+    edge) where it is and takes out what is finer than 3 pixels: a picture's pixel grain."""
+    return F.pad(x, (1, 1, 1, 1), mode="replicate").unfold(2, 3, 1).unfold(3, 3, 1).flatten(-2).median(-1).values
+
+
 def weighted_stats(f: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel means and standard deviations of f (B, C, H, W), each pixel weighted by w (B, 1, h, w),
     average-pooled to f's size; None: unweighted. -> ((B, C), (B, C))."""
@@ -262,11 +268,17 @@ class TeacherLoss(nn.Module):
     that paints different random marks in each part of a flat sky (--optimize) cannot be followed
     there by a network, which answers the same input the same way; asked for the marks' contrast over
     the whole picture, it lays one uniform lattice over every sky (issue 29). Weighted, flat areas are
-    held by the L1 terms, which average the random marks to a calm paint."""
+    held by the L1 terms, which average the random marks to a calm paint.
 
-    def __init__(self, net: nn.Module, layers: list[str], stats_layers: list[str], edge: float = 0.0):
+    With `grain`, the output's distance from its own 3x3 median (median3) is a term of that weight:
+    the fine hatching a student lays over skies and faces where its teacher had pixel grain, taken out
+    without softening the marks, as filtering the teacher's pictures does (not in Johnson et al.)."""
+
+    def __init__(self, net: nn.Module, layers: list[str], stats_layers: list[str], edge: float = 0.0,
+                 grain: float = 0.0):
         super().__init__()
         self.net, self.layers, self.stats_layers, self.edge = net, list(layers), list(stats_layers), edge
+        self.grain = grain
 
     def forward(self, y: torch.Tensor, target: torch.Tensor, content_weight: float = 1.0,
                 photo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -283,5 +295,9 @@ class TeacherLoss(nn.Module):
             (ma, sa), (mb, sb) = weighted_stats(a, w), weighted_stats(b, w)
             stats = stats + F.l1_loss(ma, mb) + F.l1_loss(sa, sb)
         stats = stats / len(pairs)
-        return {"content": features, "pixel": pixel, "style": stats,
-                "total": pixel + content_weight * features + TEACHER_STATS_WEIGHT * stats}
+        terms = {"content": features, "pixel": pixel, "style": stats,
+                 "total": pixel + content_weight * features + TEACHER_STATS_WEIGHT * stats}
+        if self.grain:
+            terms["grain"] = (y - median3(y).detach()).abs().mean()
+            terms["total"] = terms["total"] + self.grain * terms["grain"]
+        return terms

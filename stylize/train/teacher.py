@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from stylize.errors import StylizeError
+from stylize.features.losses import median3
 from stylize.files import atomic_write, file_sha256
 from stylize.images import load_style
 from stylize.models import modelfile
@@ -131,7 +132,7 @@ class Painted:
             others = {k: torch.load(folder / f"{s:02d}_{k:03d}.pt")["picture"] for k in range(len(photos)) if k not in pictures}
             self.photos.append(torch.stack(photos))
             painted = torch.stack([pictures.get(k, others.get(k)) for k in range(len(photos))])
-            self.pictures.append(median3(painted, cfg.teacher_median))
+            self.pictures.append(median_filtered(painted, cfg.teacher_median))
 
     def draw(self, batch: int, draws: torch.Generator) -> torch.Tensor:
         """Per example: which painted crop, the training crop's offset in it, mirrored or not."""
@@ -160,16 +161,13 @@ class Painted:
         return photo, picture
 
 
-def median3(pictures: torch.Tensor, passes: int) -> torch.Tensor:
-    """`passes` of a 3x3 median over each channel of (N, C, H, W) uint8 pictures, edges replicated.
-    --optimize's pictures carry a pixel-by-pixel grain that the loss network cannot see and a student
-    meets with a fine hatching; the gradient filter (--teacher-smooth) takes it out but softens the
-    marks with it (the_scream and woman_with_hat lost their panels as "softer"); a median keeps a
-    mark's edge (a step) and takes out what is finer than 3 pixels."""
+def median_filtered(pictures: torch.Tensor, passes: int) -> torch.Tensor:
+    """`passes` of losses.median3 over (N, C, H, W) uint8 pictures. --optimize's pictures carry a
+    pixel-by-pixel grain that the loss network cannot see and a student meets with a fine hatching; the
+    gradient filter (--teacher-smooth) takes it out but softens the marks with it (the_scream and
+    woman_with_hat lost their panels as "softer"); a median keeps a mark's edge."""
     for _ in range(passes):
-        pictures = torch.stack([torch.nn.functional.pad(p[None].float(), (1, 1, 1, 1), mode="replicate")[0]
-                                .unfold(1, 3, 1).unfold(2, 3, 1).flatten(-2).median(-1).values.to(torch.uint8)
-                                for p in pictures])
+        pictures = torch.cat([median3(p[None].float()).to(torch.uint8) for p in pictures])
     return pictures
 
 

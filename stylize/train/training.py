@@ -261,7 +261,7 @@ class TransformerRecipe:
                 raise StylizeError(f"--image-size {cfg.image_size}: --teacher {cfg.teacher} needs a multiple of "
                                    f"{self.teacher.net.multiple} of at least {2 * self.teacher.net.multiple}")
             self.loss = TeacherLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
-                                    cfg.content_layers, cfg.style_layers, cfg.teacher_edge).to(device)
+                                    cfg.content_layers, cfg.style_layers, cfg.teacher_edge, cfg.teacher_grain).to(device)
             return
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers,
