@@ -73,3 +73,52 @@ def test_one_change_to_the_recipe_reaches_both_engines(engines, monkeypatch, cha
     if change == "strength":  # exactly the network alone at that strength: nothing else was done
         network = engines[0](torch.from_numpy(x), torch.tensor([0.3, 0.7]), 0.2, dtype=torch.uint8)
         assert np.array_equal(after[0], network.numpy())
+
+
+def test_colour_blur_takes_a_colour_stripe_and_keeps_the_luminance_and_the_patches():
+    """color.blur_colour: magenta and green columns of one luminance (a network's colour stripe) go
+    grey; a luminance stripe and two large colour patches stay; sigma 0 gives the picture back."""
+    from stylize.apply import color
+
+    h, w = 48, 64
+    ycbcr = np.zeros((3, h, w), np.float32)
+    ycbcr[0] = 0.5 + 0.1 * (np.arange(w) % 6 < 3)  # a luminance stripe, period 6
+    ycbcr[1, :, : w // 2], ycbcr[2, :, : w // 2] = 0.15, -0.1  # a blue-ish patch left, a red-ish right
+    ycbcr[1, :, w // 2:], ycbcr[2, :, w // 2:] = -0.1, 0.15
+    ycbcr[1:, : h // 2] += 0.08 * np.where(np.arange(w) % 2, 1, -1)  # magenta/green columns, top half
+    picture = np.clip(np.rint(color.to_rgb(ycbcr) * 255), 0, 255).astype(np.uint8)
+    out = color.blur_colour(picture, 2.0)
+
+    def ycc(p):
+        return color.to_ycbcr(p.astype(np.float32) / 255)
+    before, after = ycc(picture), ycc(out)
+    assert np.abs(after[0] - before[0]).max() < 2 / 255  # luminance: rounding only
+    stripe = lambda c: np.abs(np.diff(c[1:, 8:20, 4:28], axis=-1)).mean()  # column to column, left patch
+    assert stripe(before) > 0.1 and stripe(after) < 0.2 * stripe(before)
+    for rows in (slice(h // 2 + 6, h - 6),):  # the patches' colour, away from their edge
+        assert np.abs(after[1:, rows, 4:24] - before[1:, rows, 4:24]).max() < 0.01
+        assert np.abs(after[1:, rows, -24:-4] - before[1:, rows, -24:-4]).max() < 0.01
+    assert np.array_equal(color.blur_colour(picture, 0.0), picture)
+
+
+def test_a_model_file_s_colour_blur_is_followed_and_absent_changes_nothing(engines):
+    """The apply block's colour_blur reaches the output (the picture without it, blurred); without
+    the key, the recipe's picture is what it was."""
+    from stylize.apply import color
+
+    engine = engines[0]
+    x = np.asarray(make_photo(3)).transpose(2, 0, 1).copy()
+    look = engine.condition(["a"])
+    saved = engine.apply
+    try:
+        engine.apply = {}  # the network alone, no palette step after it
+        plain = np.asarray(engine.run(x, look, 1.0))
+        engine.apply = {"colour_blur": 1.5}
+        blurred = np.asarray(engine.run(x, look, 1.0))
+        engine.apply = {}
+        again = np.asarray(engine.run(x, look, 1.0))
+    finally:
+        engine.apply = saved
+    assert np.array_equal(again, plain)
+    assert not np.array_equal(blurred, plain)
+    assert np.array_equal(blurred, color.blur_colour(plain, 1.5))

@@ -103,17 +103,20 @@ def resize_weights(weights: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def run(engine: Stylizer, x: np.ndarray, look: Look, strength: float, keep_colour: bool = False) -> np.ndarray:
     """A (3, H, W) uint8 photo stylized as the model file says it applies -> (3, H, W) uint8:
-    at the work size, the network at its calibrated strength, the palette step (per pixel with a
-    mask), and with `keep_colour` the photo's colours (--preserve-color, luminance)."""
+    at the work size, the network at its calibrated strength, its colour blurred (colour_blur), the
+    palette step (per pixel with a mask), and with `keep_colour` the photo's colours
+    (--preserve-color, luminance)."""
     network_strength, amount = calibrated(strength, engine.apply)
     shape = scale.work_shape(x.shape[1], x.shape[2], engine.apply)
+    blur = (engine.apply or {}).get("colour_blur", 0)
     if shape is None:
-        y = _network(engine, x, look, network_strength)
+        y = color.blur_colour(_network(engine, x, look, network_strength), blur)
     else:  # at the scale the network was trained at (scale.py); a mask goes down with the photo
         small = scale.resize(x, shape)
         small_look = dataclasses.replace(look, weights=resize_weights(look.weights, shape)) \
             if look.weights.ndim == 3 else look
-        y = scale.restore(_network(engine, small, small_look, network_strength), small, x)
+        # the colour blur at the network's own scale, so that it takes the same stripes on any photo
+        y = scale.restore(color.blur_colour(_network(engine, small, small_look, network_strength), blur), small, x)
     if amount and look.palettes:
         y = palette.recolour(y, look.palettes, look.weights, amount)
     return color.keep_luminance(y, x) if keep_colour else y
