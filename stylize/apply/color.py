@@ -35,7 +35,7 @@ def keep_luminance(output: np.ndarray, photo: np.ndarray) -> np.ndarray:
 def blur_colour(picture: np.ndarray, sigma: float) -> np.ndarray:
     """The picture's chroma (CbCr) blurred by a Gaussian of `sigma` pixels, its luminance kept:
     (3, H, W) uint8 in, uint8 out (the apply block's colour_blur). A network trained against
-    --optimize's pictures colours a photo's faint fine structure (a scan's streaks, a texture) in
+    --optimize's pictures colours a photo's faint fine structure (streaks, a texture) in
     magenta and green, a stripe or checker that blind judges called machine texture at 100%; a
     painting's colour changes from patch to patch, so blurring the colour alone takes the stripes
     and keeps the marks, whose edges are in the luminance (model card, issue 29)."""
