@@ -39,6 +39,9 @@ TEACHER_STATS_WEIGHT = 3.0
 # TrainConfig.teacher_edge): flat areas (skies, table tops) get no demand for contrast, where a teacher that
 # paints random marks would make the network lay a uniform lattice (issue 29, weights/README.md)
 TEACHER_EDGE = 0.08
+# --teacher-context (losses.contextual, TrainConfig.teacher_context): Mechrez et al.'s bandwidth h, and the
+# positions a side each example compares at a layer (1024: a million comparisons; udnie's steps took 1.1-1.2 s on a core, 1.0-1.1 without)
+CONTEXT_BANDWIDTH, CONTEXT_SAMPLES = 0.5, 1024
 # --teacher optimize: the pictures --optimize paints (optimize.py), made once before the first step
 # for this many photos a style, at this many steps each (200: the marks settle; ~30 s a crop on a CPU core)
 TEACHER_TARGETS, TEACHER_STEPS = 48, 200
@@ -108,6 +111,7 @@ class TrainConfig:
     teacher_median: int = 0  # --teacher optimize: passes of a 3x3 median over each painted picture; 0: none
     teacher_edge: float = TEACHER_EDGE  # TeacherLoss's statistics weighted by the photo's gradient; 0: unweighted
     teacher_grain: float = 0.0  # TeacherLoss: weight of the output's distance from its 3x3 median; 0: none
+    teacher_context: float = 0.0  # TeacherLoss: weight of the contextual loss, instead of the features' statistics; 0: none
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
     # learning-rate multiple of what depends on the style: several styles' (CIN) tables; for
     # --norm adaptive, the predictor's bottleneck and projections (on top of their fan-in scaling).

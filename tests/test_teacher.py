@@ -222,14 +222,18 @@ def test_distillation_from_optimize_learns_its_pictures(tmp_path, photos_dir, st
     assert (made["teacher"], made["teacher_targets"], made["teacher_steps"]) == ("optimize", 3, 4)
 
 
-def test_a_run_from_optimize_resumes_exactly(tmp_path, photos_dir, style_path):
+@pytest.mark.parametrize("context", [0.0, 1.0])
+def test_a_run_from_optimize_resumes_exactly(tmp_path, photos_dir, style_path, context, monkeypatch):
     """Stopped at 3 and resumed to 6, the run is the straight one: the same loss sequence and weights
-    (its painted crops read back, its draws of crops restored)."""
+    (its painted crops read back, its draws of crops, and of --teacher-context's positions, restored)."""
     from test_training import N, K, assert_same_run, snapshot
+    import stylize.features.losses as losses
+
+    monkeypatch.setattr(losses, "CONTEXT_SAMPLES", 8)  # fewer than the tiny maps' positions: each step draws some
 
     def config(folder, iterations):
         return tiny_config(tmp_path / folder, photos_dir, [style_path], teacher="optimize", teacher_targets=2,
-                           teacher_steps=2, iterations=iterations, width=4)
+                           teacher_steps=2, iterations=iterations, width=4, teacher_context=context)
     straight = config("a", N)
     train(straight)
     stopped = config("b", K)
@@ -257,3 +261,28 @@ def test_flat_areas_ask_for_no_contrast():
             costs[edge, side] = loss(photo, target, photo=photo)["style"].item()
     assert costs[0.0, "flat"] > 0.6 * costs[0.0, "textured"]  # measured: 0.98 of it
     assert costs[0.08, "flat"] < 0.25 * costs[0.08, "textured"]  # measured: 0.11 (the deep layers see across)
+
+
+def test_the_contextual_term_asks_for_the_teachers_marks_wherever_they_are():
+    """--teacher-context: the teacher's planes moved elsewhere cost the contextual term far less than
+    one small facet stamped over the picture with the planes' colour statistics, while to the pixel
+    term the move is nearly as bad as the stamp; the term is lowest for the teacher's own picture
+    (negative control: weight 0 leaves the statistics term, and no contextual one)."""
+    features, stats = TEACHER_LAYERS["random"]
+    net = loss_network("random", features + stats)
+    planes = torch.zeros(1, 3, 64, 64)
+    colours = torch.tensor([[0.9, 0.8, 0.6], [0.2, 0.3, 0.6], [0.7, 0.3, 0.2], [0.3, 0.6, 0.3]])[..., None, None]
+    planes[..., :40, :24], planes[..., :40, 24:], planes[..., 40:, :40], planes[..., 40:, 40:] = colours
+    moved = planes.roll((9, 13), (2, 3))
+    i = torch.arange(64)
+    facet = ((i[:, None] // 4 + i[None] // 4) % 2).float()
+    stamped = planes.mean((2, 3), keepdim=True) + planes.std((2, 3), keepdim=True) * (2 * facet - 1)
+    context = TeacherLoss(net, features, stats, context=1.0)
+    cost = {name: context(y, planes, photo=planes) for name, y in (("own", planes), ("moved", moved), ("stamped", stamped))}
+    style = {k: v["style"].item() for k, v in cost.items()}
+    pixel = {k: v["pixel"].item() for k, v in cost.items()}
+    assert style["own"] < style["moved"] < style["stamped"]
+    assert style["moved"] - style["own"] < 0.6 * (style["stamped"] - style["own"])  # measured: 0.43 of it
+    assert pixel["moved"] > 0.6 * pixel["stamped"]  # measured: 0.75 of it
+    plain = TeacherLoss(net, features, stats)(moved, planes, photo=planes)
+    assert plain["style"].item() != style["moved"] and plain["total"] < cost["moved"]["total"]

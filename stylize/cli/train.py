@@ -61,6 +61,9 @@ def train(
                                        "photo's gradient over this, clamped at 1, so flat areas stay calm (0: unweighted)."),
     teacher_grain: float = typer.Option(T.teacher_grain, min=0, help="--teacher: weight of the output's distance from "
                                         "its own 3x3 median (takes out a fine hatching and keeps the marks' edges; 0: none)."),
+    teacher_context: float = typer.Option(T.teacher_context, min=0, help="--teacher: weight of the contextual loss, which "
+                                          "asks for the teacher's own features wherever they are, instead of the features' "
+                                          "statistics (takes out a small mark stamped over textured ground; 0: none)."),
     lr: float = typer.Option(T.lr, min=0, help="Learning rate (Adam)."),
     style_lr_scale: Optional[float] = typer.Option(T.style_lr_scale, min=0, help="Learning-rate multiple of what "
                                                    "depends on the style: several styles' tables; for --norm adaptive, "

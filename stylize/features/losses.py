@@ -22,7 +22,7 @@ from torch import nn
 
 from stylize.features.vgg import VGGFeatures
 
-from stylize.settings import STYLE_LOSSES, TEACHER_STATS_WEIGHT
+from stylize.settings import CONTEXT_BANDWIDTH, CONTEXT_SAMPLES, STYLE_LOSSES, TEACHER_STATS_WEIGHT
 
 
 def gram(f: torch.Tensor) -> torch.Tensor:
@@ -255,6 +255,27 @@ def weighted_stats(f: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tenso
     return mean, (var + 1e-8).sqrt()
 
 
+def contextual(fx: torch.Tensor, fy: torch.Tensor, samples: int, generator: torch.Generator,
+               bandwidth: float = CONTEXT_BANDWIDTH) -> torch.Tensor:
+    """The contextual loss of Mechrez, Talmi and Zelnik-Manor (ECCV 2018, "The Contextual Loss for Image
+    Transformation with Non-Aligned Data") between output features fx and target features fy (B, C, H, W):
+    each target position must find a close match among the output's positions, wherever it is. Each
+    side keeps `samples` positions drawn from `generator` (all, if it has fewer), so the cost stays
+    at samples^2 comparisons an example."""
+    x, y = fx.flatten(2), fy.flatten(2)
+    n = x.shape[-1]
+    if n > samples:
+        i, j = torch.randperm(n, generator=generator)[:samples], torch.randperm(n, generator=generator)[:samples]
+        x, y = x[..., i.to(x.device)], y[..., j.to(y.device)]
+    mu = y.mean(-1, keepdim=True)
+    x, y = F.normalize(x - mu, dim=1), F.normalize(y - mu, dim=1)
+    d = 1 - torch.einsum("bci,bcj->bij", x, y)  # cosine distance, output position i to target position j
+    d = d / (d.min(-1, keepdim=True).values + 1e-5)
+    w = torch.exp((1 - d) / bandwidth)
+    cx = w / w.sum(-1, keepdim=True)
+    return -torch.log(cx.max(1).values.mean(-1) + 1e-5).mean()
+
+
 class TeacherLoss(nn.Module):
     """Distillation's loss (train/teacher.py): the output against the teacher's picture, L1 on the
     pixels, times the content weight L1 on the loss network's features at `layers`, and times
@@ -272,31 +293,44 @@ class TeacherLoss(nn.Module):
 
     With `grain`, the output's distance from its own 3x3 median (median3) is a term of that weight:
     the fine hatching a student lays over skies and faces where its teacher had pixel grain, taken out
-    without softening the marks, as filtering the teacher's pictures does (not in Johnson et al.)."""
+    without softening the marks, as filtering the teacher's pictures does (not in Johnson et al.).
+
+    With `context`, the features' statistics give way to the contextual loss (contextual()) at that
+    weight, at the statistics layers but the finest (too many positions to compare), and the pixels'
+    statistics stay, unweighted. The statistics can be met by any texture of the right contrast, and
+    a student that cannot reproduce its teacher's planes meets them with one small facet stamped over
+    grass and gravel (issue 29); the contextual loss asks for the teacher's own features, wherever
+    they are, and a stamped facet has no match among them. Its `style` term is then the contextual
+    loss. A departure from Johnson et al. and from distillation as usual."""
 
     def __init__(self, net: nn.Module, layers: list[str], stats_layers: list[str], edge: float = 0.0,
-                 grain: float = 0.0):
+                 grain: float = 0.0, context: float = 0.0):
         super().__init__()
         self.net, self.layers, self.stats_layers, self.edge = net, list(layers), list(stats_layers), edge
-        self.grain = grain
+        self.grain, self.context = grain, context
 
     def forward(self, y: torch.Tensor, target: torch.Tensor, content_weight: float = 1.0,
-                photo: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """y: output, target: the teacher's picture, photo: what both were made from (for `edge`)."""
+                photo: torch.Tensor | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+        """y: output, target: the teacher's picture, photo: what both were made from (for `edge`), seed:
+        the step's draw of the positions `context` compares (a step's, so that a resumed run draws alike)."""
         fy = self.net(y)
         with torch.no_grad():
             ft = self.net(target)
         features = sum(F.l1_loss(fy[l], ft[l]) for l in self.layers) / len(self.layers)
         pixel = F.l1_loss(y, target)
-        w = structure(photo, self.edge) if self.edge else None
-        pairs = [(y, target)] + [(fy[l], ft[l]) for l in self.stats_layers]
+        w = structure(photo, self.edge) if self.edge and not self.context else None
+        pairs = [(y, target)] + ([] if self.context else [(fy[l], ft[l]) for l in self.stats_layers])
         stats = 0
         for a, b in pairs:
             (ma, sa), (mb, sb) = weighted_stats(a, w), weighted_stats(b, w)
             stats = stats + F.l1_loss(ma, mb) + F.l1_loss(sa, sb)
         stats = stats / len(pairs)
-        terms = {"content": features, "pixel": pixel, "style": stats,
-                 "total": pixel + content_weight * features + TEACHER_STATS_WEIGHT * stats}
+        total = pixel + content_weight * features + TEACHER_STATS_WEIGHT * stats
+        if self.context:
+            draws, layers = torch.Generator().manual_seed(seed), self.stats_layers[1:] or self.stats_layers
+            style = sum(contextual(fy[l], ft[l], CONTEXT_SAMPLES, draws) for l in layers) / len(layers)
+            total = total + self.context * style
+        terms = {"content": features, "pixel": pixel, "style": style if self.context else stats, "total": total}
         if self.grain:
             terms["grain"] = (y - median3(y).detach()).abs().mean()
             terms["total"] = terms["total"] + self.grain * terms["grain"]

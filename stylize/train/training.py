@@ -261,7 +261,8 @@ class TransformerRecipe:
                 raise StylizeError(f"--image-size {cfg.image_size}: --teacher {cfg.teacher} needs a multiple of "
                                    f"{self.teacher.net.multiple} of at least {2 * self.teacher.net.multiple}")
             self.loss = TeacherLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
-                                    cfg.content_layers, cfg.style_layers, cfg.teacher_edge, cfg.teacher_grain).to(device)
+                                    cfg.content_layers, cfg.style_layers, cfg.teacher_edge, cfg.teacher_grain,
+                                    cfg.teacher_context).to(device)
             return
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers,
@@ -284,6 +285,7 @@ class TransformerRecipe:
         directions = None if self.teacher else self.loss.draw_directions(draws)  # sliced style loss only, else None
         picks = self.teacher.draw(b, draws) if self.teacher else None  # which painted crops (teacher.Painted)
         shift = jitter(self.cfg, draws)
+        seed = int(torch.randint(2 ** 31, (1,), generator=draws)) if self.cfg.teacher_context else 0  # its positions
         if x is None:
             return None, 0
         style_index, strength = self.shard.part(style_index), self.shard.part(strength)
@@ -292,7 +294,7 @@ class TransformerRecipe:
         if self.teacher is not None:
             picks = self.shard.part(picks)[:len(x)] if picks is not None else None
             x, target = self.teacher.pair(x, si, cond.strength, picks)
-            return self.loss(self.model(x, cond), target, self.cfg.content_loss_weight, x), len(x)
+            return self.loss(self.model(x, cond), target, self.cfg.content_loss_weight, x, seed), len(x)
         y = self.model(x, cond)
         return self.loss(y, x, si, st, self.weights, directions, shift=shift), len(x)
 
