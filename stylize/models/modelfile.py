@@ -311,11 +311,13 @@ _SETTING_TYPES = (bool, int, float, str, type(None))
 #                  style in style order (palette.colours); a model for any painting takes the painting's
 #   colour_blur    the network's output's colour (chroma) blurred by a Gaussian of this many pixels at
 #                  the work size, its luminance kept (color.blur_colour; version 2); 0 if absent
+#   flatten        the network's output painted flat at the work size by the generalized Kuwahara filter of
+#                  this radius in pixels (flatten.flatten; version 3); 0 if absent
 # A block of a newer version, an unknown key or a value out of its range is refused in one line.
-APPLY_VERSION = 2
-APPLY_KEYS = ("version", "full_strength", "palette", "work_size", "colours", "colour_blur")
+APPLY_VERSION = 3
+APPLY_KEYS = ("version", "full_strength", "palette", "work_size", "colours", "colour_blur", "flatten")
 _APPLY = {"full_strength": (0.0, 4.0), "palette": (0.0, 1.0), "work_size": (16, 100_000),
-          "colour_blur": (0.0, 16.0)}  # each number's range
+          "colour_blur": (0.0, 16.0), "flatten": (0.0, 16.0)}  # each number's range
 
 
 def _short(value, limit: int = 40) -> str:
