@@ -407,7 +407,7 @@ COLOURS = [{"mean": [0.5, 0.4, 0.3], "cov": [[0.02, 0.0, 0.0], [0.0, 0.02, 0.0],
 def test_the_apply_block_round_trips(tmp_path, make_model, suffix):
     model = make_model()
     block = {"full_strength": 0.7, "palette": 0.5, "work_size": 480, "colours": COLOURS, "colour_blur": 2.0,
-             "flatten": 4}
+             "flatten": 4, "flow": 8}
     out = modelfile.write_apply(model, block, tmp_path / f"calibrated{suffix}")
     for read in (modelfile.read_record, modelfile.load):
         assert read(out)["apply"] == {**block, "version": modelfile.APPLY_VERSION}
@@ -422,6 +422,7 @@ BAD_BLOCKS = [
     ({"version": modelfile.APPLY_VERSION + 1}, "upgrade"), ([0.5, 1.0], "apply"),
     ({"colour_blur": -1.0}, "apply.colour_blur"), ({"colour_blur": float("nan")}, "apply.colour_blur"),
     ({"flatten": 40}, "apply.flatten"), ({"flatten": "yes"}, "apply.flatten"),
+    ({"flow": -2}, "apply.flow"), ({"flow": float("inf")}, "apply.flow"),
 ]
 
 

@@ -101,15 +101,17 @@ def test_colour_blur_takes_a_colour_stripe_and_keeps_the_luminance_and_the_patch
     assert np.array_equal(color.blur_colour(picture, 0.0), picture)
 
 
-@pytest.mark.parametrize("key, value", [("colour_blur", 1.5), ("flatten", 3)])
-def test_a_model_file_s_colour_blur_and_flatten_are_followed_and_absent_change_nothing(engines, key, value):
-    """The apply block's colour_blur and flatten reach the output (the picture without them, blurred
-    or flattened); without the key, the recipe's picture is what it was."""
-    from stylize.apply import color, flatten
+@pytest.mark.parametrize("key, value", [("colour_blur", 1.5), ("flatten", 3), ("flow", 4)])
+def test_a_model_file_s_finishing_steps_are_followed_and_absent_change_nothing(engines, key, value):
+    """The apply block's colour_blur, flatten and flow reach the output (the picture without them,
+    blurred, flattened or smoothed along the photo's lines); without the key, the recipe's picture is
+    what it was."""
+    from stylize.apply import color, flatten, flow
 
-    step = {"colour_blur": color.blur_colour, "flatten": flatten.flatten}[key]
     engine = engines[0]
     x = np.asarray(make_photo(3)).transpose(2, 0, 1).copy()
+    step = {"colour_blur": color.blur_colour, "flatten": flatten.flatten,
+            "flow": lambda picture, length: flow.follow(picture, x, length)}[key]
     look = engine.condition(["a"])
     saved = engine.apply
     try:
@@ -173,3 +175,45 @@ def test_flatten_in_bands_is_the_picture_flattened_in_one_piece(monkeypatch):
     assert np.abs(banded.astype(int) - whole).max() <= 1
     tiny = picture[:, :2, :3]  # smaller than the disc: mirrored as often as it takes
     assert flatten.flatten(tiny, 4).shape == tiny.shape
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_flow_smooths_marks_along_the_photo_s_lines_and_keeps_the_edge_across_them(axis):
+    """flow.follow: on a photo of two bands (an edge along the rows, or along the columns), a picture's
+    fine crosshatch is smoothed along the edge's direction, and the edge between its two patches
+    stays within 2 pixels. The negative control: the same picture smoothed along the lines of the
+    photo turned a quarter (the lines across the edge) smears that edge. Length 0 gives the picture back."""
+    from stylize.apply import flow
+
+    def turned(p):  # the edge along the rows (axis 1) or, as made, along the columns
+        return np.ascontiguousarray(p.transpose(0, 2, 1)) if axis == 1 else p
+
+    columns = np.where(np.arange(64) < 32, 60, 190)[None, None, :].repeat(64, 1).repeat(3, 0).astype(np.uint8)
+    rows = np.ascontiguousarray(columns.transpose(0, 2, 1))  # the same photo turned: its lines cross the edge
+    picture, photo, across = turned(_marks_on_two_patches(64, 64)), turned(columns), turned(rows)
+    along, smeared = turned(flow.follow(picture, photo, 4)), turned(flow.follow(picture, across, 4))
+
+    def marks(p):  # the spread of levels inside each patch, away from the edge and the border
+        return max(p[0, 10:-10, 6:24].std(), p[0, 10:-10, -24:-6].std())
+    assert marks(turned(picture)) > 20 and marks(along) < 0.2 * marks(turned(picture))
+    assert _edge_width(along) <= 2
+    assert _edge_width(smeared) > 4
+    assert np.array_equal(flow.follow(picture, photo, 0), picture)
+    for shape in ((3, 1, 1), (3, 2, 3), (3, 5, 40)):  # smaller than the smoothing: no error, same shape
+        small = np.full(shape, 128, np.uint8)
+        assert flow.follow(small, small, 4).shape == shape
+
+
+def test_flow_in_bands_is_the_picture_smoothed_in_one_piece(monkeypatch):
+    """A picture taller than a band (flow._BAND rows) is smoothed a band at a time, each with the rows
+    its streamlines and the photo's tangents reach: the same picture as in one piece."""
+    from stylize.apply import flow
+
+    rng = np.random.default_rng(1)
+    picture = rng.integers(0, 256, (3, 150, 40), dtype=np.uint8)
+    photo = np.asarray(make_photo(5).resize((40, 150))).transpose(2, 0, 1).copy()
+    whole = flow.follow(picture, photo, 3)
+    monkeypatch.setattr(flow, "_BAND", 16)
+    banded = flow.follow(picture, photo, 3)
+    assert np.abs(banded.astype(int) - whole).max() <= 1
+    assert not np.array_equal(whole, picture)

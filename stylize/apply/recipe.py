@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stylize.apply import color, flatten, palette, scale
+from stylize.apply import color, flatten, flow, palette, scale
 from stylize.errors import StylizeError
 
 
@@ -103,28 +103,29 @@ def resize_weights(weights: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def run(engine: Stylizer, x: np.ndarray, look: Look, strength: float, keep_colour: bool = False) -> np.ndarray:
     """A (3, H, W) uint8 photo stylized as the model file says it applies -> (3, H, W) uint8:
-    at the work size, the network at its calibrated strength, painted flat (flatten) and its colour
-    blurred (colour_blur), the palette step (per pixel with a mask), and with `keep_colour` the photo's colours
-    (--preserve-color, luminance)."""
+    at the work size, the network at its calibrated strength, smoothed along the photo's lines (flow),
+    painted flat (flatten) and its colour blurred (colour_blur), the palette step (per pixel with a
+    mask), and with `keep_colour` the photo's colours (--preserve-color, luminance)."""
     network_strength, amount = calibrated(strength, engine.apply)
     shape = scale.work_shape(x.shape[1], x.shape[2], engine.apply)
     if shape is None:
-        y = _finish(engine, _network(engine, x, look, network_strength))
+        y = _finish(engine, _network(engine, x, look, network_strength), x)
     else:  # at the scale the network was trained at (scale.py); a mask goes down with the photo
         small = scale.resize(x, shape)
         small_look = dataclasses.replace(look, weights=resize_weights(look.weights, shape)) \
             if look.weights.ndim == 3 else look
-        y = scale.restore(_finish(engine, _network(engine, small, small_look, network_strength)), small, x)
+        y = scale.restore(_finish(engine, _network(engine, small, small_look, network_strength), small), small, x)
     if amount and look.palettes:
         y = palette.recolour(y, look.palettes, look.weights, amount)
     return color.keep_luminance(y, x) if keep_colour else y
 
 
-def _finish(engine: Stylizer, y: np.ndarray) -> np.ndarray:
-    """The network's output at its own scale, painted flat and its colour blurred as the model file
-    says: the same patches and the same stripes whatever the photo's size."""
+def _finish(engine: Stylizer, y: np.ndarray, photo: np.ndarray) -> np.ndarray:
+    """The network's output at its own scale, smoothed along the photo's lines, painted flat and its
+    colour blurred as the model file says: the same strokes, patches and stripes whatever the photo's size."""
     apply = engine.apply or {}
-    return color.blur_colour(flatten.flatten(y, apply.get("flatten", 0)), apply.get("colour_blur", 0))
+    y = flatten.flatten(flow.follow(y, photo, apply.get("flow", 0)), apply.get("flatten", 0))
+    return color.blur_colour(y, apply.get("colour_blur", 0))
 
 
 def _network(engine: Stylizer, x: np.ndarray, look: Look, strength: float) -> np.ndarray:

@@ -313,11 +313,13 @@ _SETTING_TYPES = (bool, int, float, str, type(None))
 #                  the work size, its luminance kept (color.blur_colour; version 2); 0 if absent
 #   flatten        the network's output painted flat at the work size by the generalized Kuwahara filter of
 #                  this radius in pixels (flatten.flatten; version 3); 0 if absent
+#   flow           the network's output smoothed along the photo's lines at the work size, before the
+#                  flatten, over a Gaussian of this many pixels (flow.follow; version 4); 0 if absent
 # A block of a newer version, an unknown key or a value out of its range is refused in one line.
-APPLY_VERSION = 3
-APPLY_KEYS = ("version", "full_strength", "palette", "work_size", "colours", "colour_blur", "flatten")
+APPLY_VERSION = 4
+APPLY_KEYS = ("version", "full_strength", "palette", "work_size", "colours", "colour_blur", "flatten", "flow")
 _APPLY = {"full_strength": (0.0, 4.0), "palette": (0.0, 1.0), "work_size": (16, 100_000),
-          "colour_blur": (0.0, 16.0), "flatten": (0.0, 16.0)}  # each number's range
+          "colour_blur": (0.0, 16.0), "flatten": (0.0, 16.0), "flow": (0.0, 16.0)}  # each number's range
 
 
 def _short(value, limit: int = 40) -> str:
