@@ -69,17 +69,23 @@ def _filter(x: np.ndarray, radius: int) -> np.ndarray:
     return num / den
 
 
+def bands(height: int, band: int, reach: int):
+    """A filter that reaches `reach` rows, a band of rows at a time: (top, rows, lo, hi) for each band of
+    output rows [top, top + rows), with the input rows [lo, hi) it needs (fewer at the picture's edges).
+    Shared with flow.follow."""
+    for top in range(0, height, band):
+        rows = min(band, height - top)
+        yield top, rows, max(0, top - reach), min(height, top + rows + reach)
+
+
 def flatten(picture: np.ndarray, radius: float) -> np.ndarray:
     """(3, H, W) uint8 -> the generalized Kuwahara filter of that radius in pixels (rounded; 0: the
     picture as it is), uint8."""
     r = int(round(radius))
     if r <= 0:
         return picture
-    height = picture.shape[1]
     out = np.empty_like(picture)
-    for top in range(0, height, _BAND):
-        rows = min(_BAND, height - top)
-        lo, hi = max(0, top - r), min(height, top + rows + r)
+    for top, rows, lo, hi in bands(picture.shape[1], _BAND, r):
         band = picture[:, lo:hi].astype(np.float32) / 255
         # the picture mirrored at its borders; a band inside it has its r rows either side already
         band = np.pad(band, ((0, 0), (r - (top - lo), r - (hi - top - rows)), (r, r)), mode="reflect")

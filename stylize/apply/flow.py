@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stylize.apply.flatten import bands
+
 NOISE_SIGMA = 1.0  # the photo's luminance blurred before its gradient, so that noise gives no direction
 TENSOR_SIGMA = 3.0  # the structure tensor's smoothing (rho): how far a direction carries
 _BAND = 256  # rows of output a band computes
@@ -67,11 +69,8 @@ def follow(picture: np.ndarray, photo: np.ndarray, length: float) -> np.ndarray:
         return picture
     steps = int(np.ceil(2 * length))
     margin = steps + int(3 * NOISE_SIGMA + 0.5) + int(3 * TENSOR_SIGMA + 0.5) + 1  # + the gradient's row
-    height = picture.shape[1]
     out = np.empty_like(picture)
-    for top in range(0, height, _BAND):
-        rows = min(_BAND, height - top)
-        lo, hi = max(0, top - margin), min(height, top + rows + margin)
+    for top, rows, lo, hi in bands(picture.shape[1], _BAND, margin):
         out[:, top:top + rows] = _follow(picture[:, lo:hi], photo[:, lo:hi], length, steps)[:, top - lo:top - lo + rows]
     return out
 
