@@ -112,6 +112,7 @@ class TrainConfig:
     teacher_edge: float = TEACHER_EDGE  # TeacherLoss's statistics weighted by the photo's gradient; 0: unweighted
     teacher_grain: float = 0.0  # TeacherLoss: weight of the output's distance from its 3x3 median; 0: none
     teacher_context: float = 0.0  # TeacherLoss: weight of the contextual loss, instead of the features' statistics; 0: none
+    teacher_critic: float = 0.0  # weight of losses.Critic's term, a patch critic of the teacher's pictures; 0: none
     style_dim: int = 100  # --norm adaptive with a transformer network: the style embedding's size
     # learning-rate multiple of what depends on the style: several styles' (CIN) tables; for
     # --norm adaptive, the predictor's bottleneck and projections (on top of their fan-in scaling).

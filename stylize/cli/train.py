@@ -64,6 +64,9 @@ def train(
     teacher_context: float = typer.Option(T.teacher_context, min=0, help="--teacher: weight of the contextual loss, which "
                                           "asks for the teacher's own features wherever they are, instead of the features' "
                                           "statistics (takes out a small mark stamped over textured ground; 0: none)."),
+    teacher_critic: float = typer.Option(T.teacher_critic, min=0, help="--teacher: weight of a patch critic that learns to "
+                                         "tell the teacher's pictures from the network's (crisp marks of the teacher's sizes, "
+                                         "placed where the network likes, instead of the average of the teacher's places; 0: none)."),
     lr: float = typer.Option(T.lr, min=0, help="Learning rate (Adam)."),
     style_lr_scale: Optional[float] = typer.Option(T.style_lr_scale, min=0, help="Learning-rate multiple of what "
                                                    "depends on the style: several styles' tables; for --norm adaptive, "

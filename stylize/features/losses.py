@@ -335,3 +335,43 @@ class TeacherLoss(nn.Module):
             terms["grain"] = (y - median3(y).detach()).abs().mean()
             terms["total"] = terms["total"] + self.grain * terms["grain"]
         return terms
+
+
+class Critic(nn.Module):
+    """A patch critic (Isola et al. 2017's PatchGAN, with spectral norm, Miyato et al. 2018, and the
+    hinge loss): five convolutions, four of stride 2, each output judging a patch of about 80 px of
+    the picture. Distillation's --teacher-critic: the critic learns to tell the teacher's pictures
+    from the student's, and the student is asked to fool it. Where the teacher places its marks at
+    random (--optimize's blocks), the L1 terms of TeacherLoss can only ask for the average of those
+    places, and a student meets them with small blurred marks of one size, which judges call a stamp
+    (issue 29); a critic asks for marks like the teacher's, crisp and of their sizes, wherever the
+    student puts them. Not in Johnson et al.; it trains in step with the student, on its own Adam."""
+
+    def __init__(self, width: int = 32, lr: float = 2e-4):
+        super().__init__()
+        sn, w = nn.utils.spectral_norm, width
+        chans = [3, w, 2 * w, 4 * w, 4 * w]
+        layers: list[nn.Module] = []
+        for a, b in zip(chans, chans[1:]):
+            layers += [sn(nn.Conv2d(a, b, 4, 2, 1)), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*layers, sn(nn.Conv2d(4 * w, 1, 3, 1, 1)))
+        self.opt = torch.optim.Adam(self.net.parameters(), lr, betas=(0.5, 0.999))
+
+    def learn(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """One step of the critic on a batch of pictures (the student's detached); its hinge loss."""
+        loss = F.relu(1 - self.net(teacher)).mean() + F.relu(1 + self.net(student.detach())).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+    def forward(self, student: torch.Tensor) -> torch.Tensor:
+        """The student's term: low where the critic takes its pictures for the teacher's."""
+        return -self.net(student).mean()
+
+    def state(self) -> dict:
+        return {"net": self.net.state_dict(), "opt": self.opt.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])

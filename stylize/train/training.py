@@ -26,7 +26,7 @@ from stylize.images import load_style, style_files
 from stylize.train.data import batches, content_files, pick_loader
 from stylize.errors import StylizeError
 from stylize.images import load_image, save_image
-from stylize.features.losses import PerceptualLoss, TeacherLoss, draw_shift
+from stylize.features.losses import Critic, PerceptualLoss, TeacherLoss, draw_shift
 from stylize.models.networks import NetConfig, TransformerNet
 from stylize.models.norms import Condition
 from stylize.settings import (LOSS_NET_LAYERS, TEACHER_LAYERS, NETWORKS, NORMS, STYLE_LOSSES, STYLE_LR_SCALE, STYLE_SIZE, TrainConfig,
@@ -251,7 +251,7 @@ class TransformerRecipe:
         self.net = TransformerNet(NetConfig(norm, len(names), cfg.all_strengths, cfg.width, cfg.network,
                                             output=cfg.output)).to(device)
         self.model = self.net  # what the step calls: train() wraps it for several processes (DDP)
-        self.teacher = None
+        self.teacher = self.critic = None
         if cfg.teacher:  # distillation (teacher.py)
             from stylize.train.teacher import Teacher, teacher_for
 
@@ -263,6 +263,7 @@ class TransformerRecipe:
             self.loss = TeacherLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                     cfg.content_layers, cfg.style_layers, cfg.teacher_edge, cfg.teacher_grain,
                                     cfg.teacher_context).to(device)
+            self.critic = Critic().to(device) if cfg.teacher_critic else None
             return
         self.loss = PerceptualLoss(loss_network(cfg.loss_net, cfg.content_layers + cfg.style_layers, cfg.vgg_weights),
                                    cfg.content_layers, cfg.style_layers,
@@ -294,7 +295,13 @@ class TransformerRecipe:
         if self.teacher is not None:
             picks = self.shard.part(picks)[:len(x)] if picks is not None else None
             x, target = self.teacher.pair(x, si, cond.strength, picks)
-            return self.loss(self.model(x, cond), target, self.cfg.content_loss_weight, x, seed), len(x)
+            y = self.model(x, cond)
+            terms = self.loss(y, target, self.cfg.content_loss_weight, x, seed)
+            if self.critic is not None:  # the critic's step first, on this batch (Critic)
+                terms["critic_loss"] = self.critic.learn(y, target)
+                terms["critic"] = self.critic(y)
+                terms["total"] = terms["total"] + self.cfg.teacher_critic * terms["critic"]
+            return terms, len(x)
         y = self.model(x, cond)
         return self.loss(y, x, si, st, self.weights, directions, shift=shift), len(x)
 
@@ -324,6 +331,8 @@ class TransformerRecipe:
 
     def load(self, ckpt: dict) -> None:
         self.net.load_state_dict(ckpt["state_dict"])
+        if self.critic is not None and "critic" in ckpt:  # a checkpoint's; --init's model file has none
+            self.critic.load(ckpt["critic"])
 
 
 class AdaINRecipe:
@@ -554,6 +563,8 @@ def train(cfg: TrainConfig, progress: Callable[[Progress], None] | None = None,
         raise StylizeError(f"unknown network {cfg.network!r}; choose one of {', '.join(NETWORKS)}")
     if cfg.teacher and cfg.norm == "adaptive":
         raise StylizeError("--teacher trains a network of fixed styles; --norm adaptive paints any painting already")
+    if cfg.teacher_critic and not cfg.teacher:
+        raise StylizeError("--teacher-critic learns to tell the teacher's pictures from the network's: use it with --teacher")
     if cfg.network == "adain" and cfg.norm != "adaptive":
         raise StylizeError("--network adain is the AdaIN encoder-decoder: use it with --norm adaptive")
     # every "auto" and unset layer list resolved here, so the model file records what it was trained with
@@ -614,6 +625,8 @@ class _Run:
         device = self.device = shard.device
         if ckpt is None and shard.world > 1:  # --batch-size is per process; the run records its whole batch
             cfg = replace(cfg, batch_size=cfg.batch_size * shard.world)
+        if cfg.teacher_critic and shard.world > 1:  # each process would train a critic of its own
+            raise StylizeError("--teacher-critic trains in one process; run it without torchrun")
         if cfg.batch_size % shard.world:
             raise StylizeError(f"this run's batch of {cfg.batch_size} does not split evenly over {shard.world} "
                                "processes; resume it with a number of processes that divides it")
@@ -733,6 +746,8 @@ class _Run:
         rec = self.recipe.record(half=False)
         rec.update(optimizer=self.opt.state_dict(), iteration=self.it, history=self.history,
                    rng={"draws": self.draws.get_state()}, loader=self.loader)
+        if getattr(self.recipe, "critic", None) is not None:  # --teacher-critic: the critic and its Adam
+            rec["critic"] = self.recipe.critic.state()
         path = modelfile.save(rec, self.folder / "checkpoint.pt")
         write_log(self.history, self.folder)
         return path
